@@ -1,0 +1,93 @@
+"""Every exception kai-rpc raises on purpose.
+
+Messages name the offending value (redacted where it could be secret) and the fix.
+Exceptions that become JSON-RPC errors carry their ``code``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kai_rpc.contract import ErrorCode
+
+
+class KaiRpcError(Exception):
+    """Base of kai-rpc's own errors."""
+
+    code: int = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_error(self) -> dict[str, Any]:
+        """The JSON-RPC ``error`` object for this exception."""
+        error: dict[str, Any] = {"code": int(self.code), "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class PolicyFileError(KaiRpcError):
+    """The policy file cannot be read or does not validate."""
+
+
+class FramingError(KaiRpcError):
+    """A frame on the wire breaks the LSP base protocol."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class MessageTooLarge(FramingError):
+    """A frame announced a body above the size limit; its body was discarded."""
+
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+
+class ParseError(KaiRpcError):
+    """A frame body is not UTF-8 JSON."""
+
+    code = ErrorCode.PARSE_ERROR
+
+
+class InvalidRequest(KaiRpcError):
+    """A JSON value that is not a JSON-RPC 2.0 message."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class InvalidParams(KaiRpcError):
+    """Params of the wrong shape; the message names the field."""
+
+    code = ErrorCode.INVALID_PARAMS
+
+
+class ServerNotInitialized(KaiRpcError):
+    code = ErrorCode.SERVER_NOT_INITIALIZED
+
+
+class WorkerStartFailed(KaiRpcError):
+    """A new worker did not become ready; the previous one keeps serving."""
+
+    code = ErrorCode.WORKER_START_FAILED
+
+
+class WorkerLost(KaiRpcError):
+    """The worker exited while it held a request."""
+
+    code = ErrorCode.WORKER_LOST
+
+
+class WorkerUnavailable(KaiRpcError):
+    """No worker can take the request (failed, or stopping)."""
+
+    code = ErrorCode.WORKER_UNAVAILABLE
+
+
+class RemoteError(KaiRpcError):
+    """An error response from the other end, re-raised with its own code."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message, data)
+        self.code = code
