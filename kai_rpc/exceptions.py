@@ -91,3 +91,9 @@ class RemoteError(KaiRpcError):
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message, data)
         self.code = code
+
+
+class ChatFailed(KaiRpcError):
+    """The LLM call behind ``chat`` failed; ``data`` holds the failure kind."""
+
+    code = ErrorCode.REQUEST_FAILED
