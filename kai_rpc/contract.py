@@ -136,13 +136,17 @@ class KaiSettings(WireModel):
 class ConfigurationSettings(WireModel):
     """The settings object of ``workspace/didChangeConfiguration``."""
 
-    kai: KaiSettings | None = None
+    kai: KaiSettings | None = Field(
+        None, description="Kai's section; other sections are ignored."
+    )
 
 
 class DidChangeConfigurationParams(WireModel):
     """Params of ``workspace/didChangeConfiguration``; only ``settings.kai`` is read."""
 
-    settings: ConfigurationSettings | None = None
+    settings: ConfigurationSettings | None = Field(
+        None, description="The IDE's settings object."
+    )
 
 
 WorkerState = Literal["starting", "ready", "restarting", "failed", "stopped"]
@@ -198,7 +202,8 @@ class Route(WireModel):
 
     url: str = Field(description="The endpoint.")
     proxy: str | None = Field(
-        None, description="Proxy the LLM client uses, credentials redacted; null: direct."
+        None,
+        description="Proxy the LLM client uses, credentials redacted; null: direct.",
     )
     proxy_source: str | None = Field(
         None, description="The variable that chose the proxy, e.g. OPENAI_PROXY."
@@ -217,30 +222,36 @@ class Route(WireModel):
 class ProxyReport(WireModel):
     """One route per endpoint."""
 
-    routes: list[Route] = Field(default_factory=list)
+    routes: list[Route] = Field(
+        default_factory=list, description="One route per endpoint."
+    )
 
 
 class CertificateInfo(WireModel):
     """One parsed certificate."""
 
-    subject: str
-    issuer: str
+    subject: str = Field(description="Subject distinguished name.")
+    issuer: str = Field(description="Issuer distinguished name.")
     not_before: str = Field(description="ISO 8601, UTC.")
     not_after: str = Field(description="ISO 8601, UTC.")
-    expired: bool = False
-    not_yet_valid: bool = False
+    expired: bool = Field(False, description="notAfter is in the past.")
+    not_yet_valid: bool = Field(False, description="notBefore is in the future.")
 
 
 class CaSource(WireModel):
     """One CA bundle or directory named by a variable."""
 
     variable: str = Field(description="The variable that names it, e.g. SSL_CERT_FILE.")
-    path: str
-    exists: bool
-    readable: bool
-    is_directory: bool = False
+    path: str = Field(description="The path the variable names, as given.")
+    exists: bool = Field(description="Whether the path exists.")
+    readable: bool = Field(description="Whether the bridge's user can read it.")
+    is_directory: bool = Field(
+        False, description="A directory of certificates rather than a bundle file."
+    )
     certificate_count: int = Field(0, description="Certificates parsed.")
-    certificates: list[CertificateInfo] = Field(default_factory=list)
+    certificates: list[CertificateInfo] = Field(
+        default_factory=list, description="The certificates parsed, in file order."
+    )
     honoured_by: list[str] = Field(
         default_factory=list, description="Libraries that read this variable."
     )
@@ -250,7 +261,9 @@ class CaSource(WireModel):
     used_by_llm_client: bool = Field(
         False, description="Whether the worker's LLM client trusts this source."
     )
-    error: str | None = None
+    error: str | None = Field(
+        None, description="Why the source could not be read or parsed."
+    )
 
 
 class TlsReport(WireModel):
@@ -260,14 +273,19 @@ class TlsReport(WireModel):
     trust_store: str = Field(
         "", description="Which source the LLM client's trust store is built from."
     )
-    ca_files: list[CaSource] = Field(default_factory=list)
+    ca_files: list[CaSource] = Field(
+        default_factory=list,
+        description="CA bundles and directories named by variables.",
+    )
 
 
 class ReportWarning(WireModel):
     """Something the user should know or fix. ``code`` is stable."""
 
-    code: str
-    message: str
+    code: str = Field(description="Stable identifier, for matching.")
+    message: str = Field(
+        description="What is wrong and what to change, secrets redacted."
+    )
 
 
 class WorkerInspection(WireModel):
@@ -283,17 +301,31 @@ class EnvironmentReport(WireModel):
     the ``environment`` of initialize's result, and environmentStatus's params."""
 
     generation: int = Field(description="+1 each time a new environment is applied.")
-    worker: WorkerStatus
-    variables: list[VariableEntry] = Field(default_factory=list)
-    proxy: ProxyReport = Field(default_factory=ProxyReport)
-    tls: TlsReport = Field(default_factory=TlsReport)
-    warnings: list[ReportWarning] = Field(default_factory=list)
+    worker: WorkerStatus = Field(
+        description="The worker process serving forwarded requests."
+    )
+    variables: list[VariableEntry] = Field(
+        default_factory=list, description="What became of each variable."
+    )
+    proxy: ProxyReport = Field(
+        default_factory=ProxyReport,
+        description="How calls to each endpoint are routed.",
+    )
+    tls: TlsReport = Field(
+        default_factory=TlsReport,
+        description="Whether the LLM client verifies TLS, and against which CAs.",
+    )
+    warnings: list[ReportWarning] = Field(
+        default_factory=list, description="Things the user should know or fix."
+    )
 
 
 class InitializeResultExtension(WireModel):
     """What the bridge adds at the top level of the standard InitializeResult."""
 
-    environment: EnvironmentReport
+    environment: EnvironmentReport = Field(
+        description="The effective environment after initialize."
+    )
 
 
 class WorkerConfig(WireModel):
@@ -308,9 +340,7 @@ class ProbeParams(WireModel):
     """Params of ``probeConnectivity``."""
 
     url: str | None = Field(None, description="Default: the first endpoint.")
-    timeout_ms: int | None = Field(
-        None, gt=0, le=120_000, description="Default 10000."
-    )
+    timeout_ms: int | None = Field(None, gt=0, le=120_000, description="Default 10000.")
 
 
 ProbeErrorKind = Literal[
@@ -328,20 +358,24 @@ ProbeErrorKind = Literal[
 
 
 class ProbeError(WireModel):
-    kind: ProbeErrorKind
+    """Why a probe failed."""
+
+    kind: ProbeErrorKind = Field(description="The failure's category; stable.")
     message: str = Field(description="What failed and what to change; no secrets.")
 
 
 class ProbeResult(WireModel):
     """One real HTTPS request made with the LLM client's own HTTP client."""
 
-    url: str
-    route: Literal["direct", "proxy"]
-    proxy: str | None = None
-    ok: bool
-    status: int | None = None
-    error: ProbeError | None = None
-    elapsed_ms: float
+    url: str = Field(description="The URL requested.")
+    route: Literal["direct", "proxy"] = Field(
+        description="Whether the request went direct or through a proxy."
+    )
+    proxy: str | None = Field(None, description="The proxy, credentials redacted.")
+    ok: bool = Field(description="Whether the request succeeded; else see error.")
+    status: int | None = Field(None, description="HTTP status, when one arrived.")
+    error: ProbeError | None = Field(None, description="What failed, when not ok.")
+    elapsed_ms: float = Field(description="Duration of the request, milliseconds.")
     certificate: CertificateInfo | None = Field(
         None, description="The server certificate the client saw, when it got one."
     )
@@ -349,16 +383,22 @@ class ProbeResult(WireModel):
 
 
 class ChatMessage(WireModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """One message of the conversation."""
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who said it.")
+    content: str = Field(description="The text.")
 
 
 class ChatParams(WireModel):
     """Params of ``chat``."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        min_length=1, description="The conversation, oldest first."
+    )
 
 
 class ChatResult(WireModel):
-    content: str
-    model: str
+    """The LLM's answer."""
+
+    content: str = Field(description="The assistant's reply.")
+    model: str = Field(description="The model that answered, as its provider names it.")
