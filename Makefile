@@ -52,6 +52,10 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format kai_rpc tests bench examples
 	$(BIN)/ruff check --fix kai_rpc tests bench examples
 
+# The IDE contract: schema, constants and TypeScript declarations, from the models.
+contract: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
+	$(BIN)/python -m kai_rpc.contract_export $(NODE_DIR)
+
 bench: install
 	$(BIN)/python -m bench
 
