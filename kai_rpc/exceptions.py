@@ -52,9 +52,13 @@ class ParseError(KaiRpcError):
 
 
 class InvalidRequest(KaiRpcError):
-    """A JSON value that is not a JSON-RPC 2.0 message."""
+    """A JSON value that is not a JSON-RPC 2.0 message, or one sent out of turn."""
 
     code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class InvalidParams(KaiRpcError):
@@ -95,5 +99,12 @@ class RemoteError(KaiRpcError):
 
 class ChatFailed(KaiRpcError):
     """The LLM call behind ``chat`` failed; ``data`` holds the failure kind."""
+
+    code = ErrorCode.REQUEST_FAILED
+
+
+class LlmSetupFailed(KaiRpcError):
+    """The environment gives no usable LLM HTTP client (a CA source, a proxy URL,
+    a missing API key); ``data`` holds the failure kind, as for ChatFailed."""
 
     code = ErrorCode.REQUEST_FAILED

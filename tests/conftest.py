@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.environ import is_cleared
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.support.network_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,5 @@
+"""``python -m kai_rpc`` is the ``kai-rpc`` command."""
+
+from kai_rpc.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""The ``kai-rpc`` command: serve, doctor, record, replay, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import kai_rpc
+from kai_rpc import redact
+from kai_rpc.exceptions import KaiRpcError
+from kai_rpc.supervisor import Timings
+
+logger = logging.getLogger(__name__)
+
+_QUIET_LIBRARIES = ("pygls", "asyncio", "httpx", "httpx2", "httpcore", "openai")
+
+
+def configure_logging(level: str) -> None:
+    """Logs to stderr only, every line scrubbed of secrets.
+
+    pygls logs whole message bodies at INFO and DEBUG, so it is held at WARNING
+    whatever the level asked for.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s kai-rpc %(levelname)s %(name)s: %(message)s")
+    )
+    handler.addFilter(redact.ScrubbingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from kai_rpc.server import ServeOptions, serve
+
+    timings = Timings(ready_timeout=args.ready_timeout, retire_grace=args.retire_grace)
+    options = ServeOptions(policy_file=args.policy, record=args.record, timings=timings)
+    try:
+        return asyncio.run(serve(options))
+    except KaiRpcError as exc:
+        logger.error("%s", exc.message)
+        return 2
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from kai_rpc import doctor
+
+    return doctor.main(args.rest)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from kai_rpc import recording
+
+    return recording.record_main(args.rest)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from kai_rpc import recording
+
+    return recording.replay_main(args.rest)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kai_rpc import demo
+
+    return demo.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kai-rpc",
+        description="Settings bridge between an IDE and the Kai analysis worker.",
+    )
+    parser.add_argument("--version", action="version", version=kai_rpc.__version__)
+    parser.add_argument(
+        "--log-level", default="INFO", help="stderr log level (default INFO)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="JSON-RPC server on stdin/stdout")
+    serve.add_argument("--policy", metavar="FILE", help="policy file (TOML)")
+    serve.add_argument(
+        "--record", metavar="FILE", help="write every message, redacted, to FILE"
+    )
+    serve.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a new worker may take to become ready (default 30)",
+    )
+    serve.add_argument(
+        "--retire-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a replaced worker may finish its requests (default 10)",
+    )
+    serve.set_defaults(run=_serve)
+
+    for name, run, text in (
+        ("doctor", _doctor, "report routes and TLS for this shell's environment"),
+        ("record", _record, "record a client-server conversation on stdio"),
+        ("replay", _replay, "replay a recorded conversation against a server"),
+        ("demo", _demo, "show the bridge at work with a local proxy and LLM"),
+    ):
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    sys.exit(args.run(args))
