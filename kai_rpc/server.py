@@ -342,14 +342,15 @@ class Bridge:
     async def _apply_configuration_change(
         self, params: contract.SetEnvironmentParams
     ) -> None:
+        generation = self._generation
         try:
             await self.set_environment(params)
         except KaiRpcError as exc:
+            # The client log handler passes this warning on as window/logMessage.
             logger.warning("configuration change not applied: %s", exc.message)
-            self.log_to_client(
-                logging.WARNING, f"configuration change not applied: {exc.message}"
-            )
-        self._notify_status()
+        if self._generation == generation:
+            # No new worker announced itself: push the report all the same.
+            self._notify_status()
 
     async def set_environment(
         self, params: contract.SetEnvironmentParams
