@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kai_rpc.contract import VariableEntry
 from kai_rpc.exceptions import PolicyFileError
-from kai_rpc.redact import REDACTED, Redactor, find_url_credentials
+from kai_rpc.redact import REDACTED, Redactor, find_url_credentials, literal_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -379,22 +379,21 @@ def _shown(name: str, limit: int = 64) -> str:
     return name[:limit] + "..."
 
 
-class _Matcher:
-    """Glob matching of variable names, case-insensitive on Windows."""
+class _Patterns:
+    """A list of globs matched against names, case-insensitively on Windows."""
 
-    def __init__(self, case_insensitive: bool) -> None:
-        self.case_insensitive = case_insensitive
+    def __init__(self, patterns: Iterable[str], case_insensitive: bool) -> None:
+        flags = re.IGNORECASE if case_insensitive else 0
+        self._each = [(p, re.compile(fnmatch.translate(p), flags)) for p in patterns]
+        alternatives = "|".join(f"(?:{regex.pattern})" for _, regex in self._each)
+        # One regex answers the common case, no match, in a single call.
+        self._any = re.compile(alternatives or "(?!)", flags)
 
-    def fold(self, name: str) -> str:
-        return name.upper() if self.case_insensitive else name
-
-    def first(self, name: str, patterns: Iterable[str]) -> str | None:
+    def first(self, name: str) -> str | None:
         """The first pattern that matches ``name``."""
-        folded = self.fold(name)
-        for pattern in patterns:
-            if fnmatch.fnmatchcase(folded, self.fold(pattern)):
-                return pattern
-        return None
+        if self._any.match(name) is None:
+            return None
+        return next(pattern for pattern, regex in self._each if regex.match(name))
 
 
 class _Environment:
@@ -445,15 +444,18 @@ class _Evaluator:
     ) -> None:
         self.policy = policy
         self.redactor = policy.redactor()
-        self.match = _Matcher(case_insensitive)
-        self.env = _Environment(self.match.fold)
+        self.fold: Callable[[str], str] = str.upper if case_insensitive else str
+        self.deny = _Patterns(policy.deny, case_insensitive)
+        self.builtin_deny = _Patterns(BUILTIN_DENY, case_insensitive)
+        self.allow = _Patterns(policy.allow, case_insensitive)
+        self.env = _Environment(self.fold)
         self.entries: list[VariableEntry] = []
         self.secrets: set[str] = set()
 
         for name, value in base.items():
             self.env.set(name, value)
             self.note_secret(name, value)
-        self.locked = {self.match.fold(k): v for k, v in policy.locked.items()}
+        self.locked = {self.fold(k): v for k, v in policy.locked.items()}
         for name, value in policy.locked.items():
             self.env.set(name, value)
             self.note_secret(name, value)
@@ -506,7 +508,7 @@ class _Evaluator:
                 self.add(name, "rejected", "ide", None, f"Rejected: {problem}.")
                 return
 
-        locked = self.locked.get(self.match.fold(name))
+        locked = self.locked.get(self.fold(name))
         if locked is not None:
             reason = (
                 f"{_shown(name)} is locked by the policy file; the IDE's value was "
@@ -535,13 +537,13 @@ class _Evaluator:
     def _refusal(self, name: str, value: str | None) -> str | None:
         """Why the policy refuses ``name`` from the IDE, or None."""
         shown = _shown(name)
-        pattern = self.match.first(name, self.policy.deny)
+        pattern = self.deny.first(name)
         if pattern is not None:
             return (
                 f"{shown} is denied by the policy file's deny pattern {pattern!r}; "
                 "remove it from the env map."
             )
-        pattern = self.match.first(name, BUILTIN_DENY)
+        pattern = self.builtin_deny.first(name)
         if pattern is not None:
             return (
                 f"{shown} is denied: {BUILTIN_DENY[pattern]} (built-in deny "
@@ -558,7 +560,7 @@ class _Evaluator:
                         "install the proxy's CA certificate instead (SSL_CERT_FILE)."
                     )
 
-        if self.policy.allow and self.match.first(name, self.policy.allow) is None:
+        if self.policy.allow and self.allow.first(name) is None:
             return (
                 f"{shown} is not in the policy file's allow list; ask the "
                 "administrator to allow it, or remove it from the env map."
@@ -568,7 +570,7 @@ class _Evaluator:
     def locked_entries(self, sent: set[str]) -> None:
         """Entries for locked variables the IDE did not send."""
         for name, value in self.policy.locked.items():
-            if self.match.fold(name) not in sent:
+            if self.fold(name) not in sent:
                 self.add(name, "locked", "policy", value, "Locked by the policy file.")
 
     def inherited_entries(self, base: Mapping[str, str], overridden: set[str]) -> None:
@@ -576,7 +578,7 @@ class _Evaluator:
         for name in sorted(base):
             if name.lower() not in REPORTED_INHERITED:
                 continue
-            folded = self.match.fold(name)
+            folded = self.fold(name)
             if folded in overridden or folded in self.locked:
                 continue
             self.add(name, "inherited", "inherited", base[name])
@@ -585,8 +587,7 @@ class _Evaluator:
         """Replace every collected secret value inside other entries' values."""
         if not self.secrets:
             return
-        ordered = sorted(self.secrets, key=len, reverse=True)
-        pattern = re.compile("|".join(map(re.escape, ordered)))
+        pattern = literal_pattern(self.secrets)
         for index, entry in enumerate(self.entries):
             if entry.value is not None and pattern.search(entry.value):
                 hidden = pattern.sub(REDACTED, entry.value)
@@ -610,11 +611,16 @@ def evaluate(
     sent: set[str] = set()
     overridden: set[str] = set()
     for raw_name, value in layer.items():
-        name = raw_name if isinstance(raw_name, str) else repr(raw_name)
+        if not isinstance(raw_name, str):
+            reason = "Rejected: a variable name must be a string."
+            run.add(repr(raw_name), "rejected", "ide", None, reason)
+            continue
+
+        name = raw_name
         run.note_secret(name, value)
         run.ide_key(name, value)
 
-        folded = run.match.fold(name)
+        folded = run.fold(name)
         sent.add(folded)
         if run.entries[-1].status in ("applied", "unset"):
             overridden.add(folded)

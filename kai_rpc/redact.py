@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -55,60 +55,110 @@ short is guessed in a handful of tries anyway."""
 # https://TOKEN:x-oauth-basic@github.com form, and an empty password.
 _TOKEN_PASSWORDS = frozenset({"", "x-oauth-basic"})
 
-# Userinfo in a URL, with or without a scheme. The password runs greedily to the last
-# "@" before the authority ends (whitespace, "/", "?", "#"), as urllib's
-# netloc.rpartition("@") does, so an unencoded "@" or "," inside a password is
-# still covered. A scheme-less list "u:p@h1,u2:p2@h2" is therefore redacted as one
-# span: "u:<redacted>@h2" hides h1, but never shows a password.
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?"
-    r"(?P<user>[^\s:/?#@]*):(?P<password>[^\s/?#]*)@"
-    r"|(?P<scheme_only>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<token>[^\s:/?#@]+)@"
-)
+# The authority of a URL ends at whitespace, "/", "?" or "#" (RFC 3986 section 3.2),
+# so text splits into runs of other characters, and userinfo is what a run holds
+# before its last "@", as urllib's netloc.rpartition("@") reads it. Taking the last
+# "@" covers an unencoded "@" or "," inside a password. A scheme-less list
+# "u:p@h1,u2:p2@h2" is therefore hidden as one span, "u:<redacted>@h2": that hides
+# h1 but never shows a password. Scanning runs with str.rfind keeps this linear; a
+# regex with a greedy password and a trailing "@" backtracks quadratically.
+_RUN = re.compile(r"[^\s/?#]+")
+
+# A user name alone is redacted only when it is this long: GitHub and GitLab tokens
+# are 40 characters and more, while "git" in ssh://git@host is no secret.
+_TOKEN_MIN_LENGTH = 16
 
 
-def _replace_userinfo(match: re.Match[str]) -> str:
-    token = match.group("token")
-    if token is not None:
-        return f"{match.group('scheme_only')}{REDACTED}@"
+def _userinfos(text: str) -> Iterator[tuple[int, int, str, str | None]]:
+    """(start, end, user, password) of each URL userinfo in ``text``; password is
+    None when the user name alone is given after a scheme."""
+    for run in _RUN.finditer(text):
+        at = run.group().rfind("@")
+        if at < 0:
+            continue
 
-    scheme = match.group("scheme") or ""
-    if match.group("password") in _TOKEN_PASSWORDS:
-        return f"{scheme}{REDACTED}@"
-    return f"{scheme}{match.group('user')}:{REDACTED}@"
+        start, end = run.start(), run.start() + at
+        user, colon, password = text[start:end].partition(":")
+        if colon:
+            yield start, end, user, password
+        elif user and text.endswith("://", 0, start):
+            yield start, end, user, None
+
+
+def _hidden_userinfo(user: str, password: str | None) -> str:
+    if password is None or password in _TOKEN_PASSWORDS:
+        return REDACTED
+    return f"{user}:{REDACTED}"
 
 
 def redact_url(url: str) -> str:
     """``url`` with the credentials of every URL in it replaced by ``<redacted>``.
 
     The user name is kept when a password follows it (it tells which proxy account
-    is used); a user name alone, or with an empty password, is redacted whole since
-    it is then usually a token. Works on scheme-less ``user:pass@host:8080``, on
-    comma-separated lists and on free text; anything else passes through unchanged.
+    is used); a user name alone after a scheme, or with an empty password, is
+    redacted whole, since it is then usually a token. Works on scheme-less
+    ``user:pass@host:8080``, on comma-separated lists and on free text; anything
+    else passes through unchanged. Linear in the length of the text.
     """
     if "@" not in url:
         return url
-    return _USERINFO.sub(_replace_userinfo, url)
+
+    pieces: list[str] = []
+    done = 0
+    for start, end, user, password in _userinfos(url):
+        pieces += [url[done:start], _hidden_userinfo(user, password)]
+        done = end
+    pieces.append(url[done:])
+    return "".join(pieces)
 
 
 def find_url_credentials(text: str) -> list[str]:
-    """Every credential :func:`redact_url` would hide in ``text``, raw and decoded."""
+    """Every credential :func:`redact_url` hides in ``text``, raw and decoded.
+
+    A user name alone counts only from 16 characters on, so that remembering it
+    does not scrub a common word such as "admin" from every log line.
+    """
     found: list[str] = []
     if "@" not in text:
         return found
 
-    for match in _USERINFO.finditer(text):
-        token = match.group("token")
-        password = match.group("password")
-        if token is not None:
-            found.append(token)
-        elif password in _TOKEN_PASSWORDS:
-            found.append(match.group("user"))
-        else:
+    for _, _, user, password in _userinfos(text):
+        if password is not None and password not in _TOKEN_PASSWORDS:
             found.append(password)
+        elif len(user) >= _TOKEN_MIN_LENGTH:
+            found.append(user)
 
     decoded = [unquote(value) for value in found]
     return found + [value for value in decoded if value not in found]
+
+
+def literal_pattern(values: Iterable[str]) -> re.Pattern[str]:
+    """One regex matching any of ``values`` literally, the longest where they overlap.
+
+    A flat alternation of thousands of values tries each of them at every position
+    of the text. Grouping by the first characters (a trie three levels deep) lets a
+    mismatch fail after a few tries instead. Values must be non-empty.
+    """
+    distinct = set(values)
+    if not distinct:
+        return re.compile("(?!)")  # matches nothing
+    return re.compile(_alternation(distinct, depth=3))
+
+
+def _alternation(values: set[str], depth: int) -> str:
+    if depth == 0 or len(values) < 16 or "" in values:
+        # Longest first: the regex takes the first alternative that matches.
+        ordered = sorted(values, key=lambda value: (-len(value), value))
+        return "|".join(map(re.escape, ordered))
+
+    groups: dict[str, set[str]] = {}
+    for value in values:
+        groups.setdefault(value[0], set()).add(value[1:])
+    branches = [
+        f"{re.escape(first)}(?:{_alternation(rest, depth - 1)})"
+        for first, rest in sorted(groups.items())
+    ]
+    return "|".join(branches)
 
 
 class _SecretRegistry:
@@ -131,9 +181,7 @@ class _SecretRegistry:
 
         with self._lock:
             merged = self._values | fresh
-            # Longest first, so a secret that contains another is replaced whole.
-            ordered = sorted(merged, key=len, reverse=True)
-            self.pattern = re.compile("|".join(map(re.escape, ordered)))
+            self.pattern = literal_pattern(merged)
             self._values = merged
 
     def clear(self) -> None:

@@ -188,6 +188,12 @@ class TestRejectedName:
         assert rejected.reason is not None and words in rejected.reason
         assert name not in result.env
 
+    def test_non_string_name(self) -> None:
+        """A non-string key from a Python caller is rejected, not coerced."""
+        result = run({1: "v"})  # type: ignore[dict-item]
+        assert [(e.name, e.status) for e in result.variables] == [("1", "rejected")]
+        assert "1" not in result.env
+
     def test_invalid_name_with_null(self) -> None:
         """An invalid name is rejected even when its value is null."""
         assert entry(run({"A=B": None}), "A=B").status == "rejected"
@@ -832,6 +838,9 @@ def test_evaluate_properties(
     for variable in result.variables:
         if variable.status == "rejected":
             assert variable.reason
+        raw = layer.get(variable.name)
+        if variable.source == "ide" and raw is not None and not isinstance(raw, str):
+            assert variable.value is None
 
     redactor = policy.redactor()
     secrets = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +146,13 @@ class TestRedactUrl:
             ("@", "@"),
             (":@", f"{REDACTED}@"),
             ("not a url", "not a url"),
+            ("bob@example.com", "bob@example.com"),
+            ("ssh git@github.com:org/repo", "ssh git@github.com:org/repo"),
+            (
+                "http://a:b@h1:80,http://c:d@h2",
+                f"http://a:{REDACTED}@h1:80,http://c:{REDACTED}@h2",
+            ),
+            ("u:p1@h1:80,u2:p2@h2:80", f"u:{REDACTED}@h2:80"),
         ],
     )
     def test_examples(self, url: str, expected: str) -> None:
@@ -182,6 +190,17 @@ class TestRedactUrl:
         shown = redact_url(f"{scheme}{user}:{password}@{host}{suffix}")
         assert shown == f"{scheme}{user}:{REDACTED}@{host}{suffix}"
 
+    @pytest.mark.parametrize(
+        "text",
+        ["@" + "a:" * 50_000, "a:" * 50_000 + "@", "http://" + "u:p@" * 30_000],
+    )
+    def test_linear_time(self, text: str) -> None:
+        """Adversarial text of 100 KB is handled in well under a second."""
+        started = time.perf_counter()
+        redact_url(text)
+        find_url_credentials(text)
+        assert time.perf_counter() - started < 1.0
+
     @given(st.text())
     def test_never_raises(self, text: str) -> None:
         """Any text at all goes through without an exception."""
@@ -194,8 +213,15 @@ class TestFindCredentials:
         assert find_url_credentials("http://u:p%40ss@h") == ["p%40ss", "p@ss"]
 
     def test_token_user(self) -> None:
-        """A user name with no password is found, since it is likely a token."""
-        assert find_url_credentials("https://ghp_token@github.com") == ["ghp_token"]
+        """A long user name with no password is found, since it is likely a token."""
+        token = "ghp_" + "a" * 36
+        assert find_url_credentials(f"https://{token}@github.com") == [token]
+        assert find_url_credentials(f"https://{token}:x-oauth-basic@h") == [token]
+
+    def test_short_user_not_remembered(self) -> None:
+        """A short user name alone is redacted in the URL but not remembered."""
+        assert find_url_credentials("http://admin@proxy") == []
+        assert redact_url("http://admin@proxy") == f"http://{REDACTED}@proxy"
 
     def test_no_credentials(self) -> None:
         """A URL without userinfo yields nothing."""
@@ -391,6 +417,15 @@ class TestScrubbingFilter:
         record = _record("m", sinfo="Stack: sk-in-stack")
         ScrubbingFilter().filter(record)
         assert record.stack_info == f"Stack: {REDACTED}"
+
+    def test_idempotent(self) -> None:
+        """Filtering a record twice (two handlers) changes nothing more."""
+        remember_secret("sk-twice-filtered")
+        record = _record("%s %s", "sk-twice-filtered", "http://u:pw@h")
+        ScrubbingFilter().filter(record)
+        once = record.getMessage()
+        ScrubbingFilter().filter(record)
+        assert record.getMessage() == once == f"{REDACTED} http://u:{REDACTED}@h"
 
     def test_bad_arguments_never_raise(self) -> None:
         """A record whose arguments do not format is kept, without the arguments."""
