@@ -945,25 +945,52 @@ def _ca_warnings(source: CaSource) -> list[ReportWarning]:
                 "or use SSL_CERT_FILE with a bundle.",
             )
         )
-    for cert in source.certificates:
-        if cert.expired:
-            warnings.append(
-                _warn(
-                    CA_CERT_EXPIRED,
-                    f"{name} holds {cert.subject!r}, expired on {cert.not_after}. "
-                    "Servers whose chain needs it fail verification; get a "
-                    "current copy of that CA.",
-                )
-            )
-        if cert.not_yet_valid:
-            warnings.append(
-                _warn(
-                    CA_CERT_NOT_YET_VALID,
-                    f"{name} holds {cert.subject!r}, valid only from "
-                    f"{cert.not_before}. Check this machine's clock.",
-                )
-            )
+    warnings += _validity_warnings(name, source)
     return warnings
+
+
+def _validity_warnings(name: str, source: CaSource) -> list[ReportWarning]:
+    """One warning per kind of invalid certificate in a source, not one per cert.
+
+    A system bundle routinely carries a few expired roots, harmless unless a
+    server chains to them; a one-certificate proxy CA that expired breaks
+    everything. The message says which of the two it is.
+    """
+    warnings = []
+    expired = [c for c in source.certificates if c.expired]
+    future = [c for c in source.certificates if c.not_yet_valid]
+    total = source.certificate_count
+    if expired:
+        whole = len(expired) == total
+        warnings.append(
+            _warn(
+                CA_CERT_EXPIRED,
+                f"{name}: {len(expired)} of {total} certificates expired "
+                f"({_subjects(expired)}). "
+                + (
+                    "Nothing it should trust can be verified; get a current copy "
+                    "of that CA."
+                    if whole
+                    else "Harmless unless a server you call chains to one of them."
+                ),
+            )
+        )
+    if future:
+        warnings.append(
+            _warn(
+                CA_CERT_NOT_YET_VALID,
+                f"{name}: {len(future)} of {total} certificates are not valid yet "
+                f"({_subjects(future)}, from {future[0].not_before}). Check this "
+                "machine's clock.",
+            )
+        )
+    return warnings
+
+
+def _subjects(certificates: Sequence[CertificateInfo], most: int = 3) -> str:
+    names = [repr(c.subject) for c in certificates[:most]]
+    more = len(certificates) - most
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
 def trust_store_description(environ: Mapping[str, str]) -> str:
@@ -1048,11 +1075,15 @@ def tls_report(
     verify, _ = tls_verify_setting(environ)
     report = TlsReport(verify=verify, trust_store=trust_store_description(environ))
     warnings = _tls_warnings(environ)
+    warned_paths: set[str] = set()
     for variable in CA_VARIABLES:
         if environ.get(variable):
             source = ca_source(variable, environ, now)
             report.ca_files.append(source)
-            warnings += _ca_warnings(source)
+            # Several variables often name one bundle: its problems are told once.
+            if source.path not in warned_paths:
+                warned_paths.add(source.path)
+                warnings += _ca_warnings(source)
     return report, warnings
 
 
