@@ -55,71 +55,69 @@ MAX_TOTAL_BYTES = 1024 * 1024
 
 KAI_TLS_VERIFY = "KAI_TLS_VERIFY"
 
-_GIT = "Kai runs git, and GIT_* variables pick git's config, helper programs, hooks "
-_GIT += "and trace files"
-_HOME = "git reads its config from there, and a config can run programs "
-_HOME += "(core.fsmonitor, core.sshCommand)"
+_GIT_CONFIG = "a git config can run programs (core.fsmonitor, core.sshCommand)"
 
 BUILTIN_DENY: Mapping[str, str] = {
     # The dynamic loader and the C library.
     "LD_*": "LD_* changes which code the dynamic loader runs in the worker",
     "DYLD_*": "DYLD_* changes which code the macOS dynamic loader runs in the worker",
-    "GCONV_PATH": "glibc loads character-set conversion modules from there",
+    "GCONV_PATH": "glibc loads character-set conversion modules from it",
     "GLIBC_TUNABLES": "it tunes glibc internals and has been an exploit vector "
     "(CVE-2023-4911)",
     # Which program runs.
     "PATH": "it decides which python and git the worker and its children run",
     "PATHEXT": "on Windows it decides which files count as programs",
     "COMSPEC": "on Windows it names the shell that runs commands",
-    "HOME": f"{_HOME}",
-    "USERPROFILE": f"on Windows it is the home directory, and {_HOME}",
-    "XDG_CONFIG_HOME": f"{_HOME}",
+    "HOME": f"git reads ~/.gitconfig from it, and {_GIT_CONFIG}",
+    "USERPROFILE": f"git on Windows reads .gitconfig from it, and {_GIT_CONFIG}",
+    "XDG_CONFIG_HOME": f"git reads git/config under it, and {_GIT_CONFIG}",
     # Python.
-    "PYTHONPATH": "Python imports modules from there before the worker's own",
+    "PYTHONPATH": "Python imports modules from it before the worker's own",
     "PYTHONHOME": "it replaces the Python standard library the worker runs on",
     "PYTHONPLATLIBDIR": "it changes where Python finds its standard library",
-    "PYTHONSTARTUP": "Python runs that file on interactive start-up",
+    "PYTHONSTARTUP": "an interactive Python runs the file it names on start-up",
     "PYTHONINSPECT": "it makes Python drop into an interactive prompt on stdin, "
     "which is the protocol pipe",
     "PYTHONUSERBASE": "Python loads site-packages and .pth files, which run code, "
-    "from there",
+    "from it",
     "PYTHONEXECUTABLE": "it changes what macOS Python reports as sys.executable, "
     "which child processes run",
     "PYTHONWARNINGS": "a warning filter names a category that Python imports",
     "PYTHONBREAKPOINT": "breakpoint() imports and calls the function it names",
-    "PYTHONPYCACHEPREFIX": "Python loads compiled bytecode from there",
+    "PYTHONPYCACHEPREFIX": "Python loads compiled bytecode from it",
     # Shells.
-    "BASH_ENV": "bash runs that file before any non-interactive script",
-    "ENV": "sh runs that file on start-up",
+    "BASH_ENV": "bash runs the file it names before any non-interactive script",
+    "ENV": "an interactive sh runs the file it names on start-up",
     "BASH_FUNC_*": "bash imports exported functions from these, overriding commands",
     "SHELLOPTS": "it turns on shell options such as xtrace in every child shell",
     "BASHOPTS": "it turns on bash options in every child shell",
     "PS4": "shells expand it, running command substitutions, when tracing",
-    "PROMPT_COMMAND": "bash runs it before each prompt",
+    "PROMPT_COMMAND": "an interactive bash runs it before each prompt",
     "IFS": "it changes how child shells split words and so what they run",
-    "ZDOTDIR": "zsh runs its start-up files from there",
+    "ZDOTDIR": "zsh runs its start-up files from it",
     # Other language runtimes the worker may start.
     "NODE_OPTIONS": "node takes --require from it and runs that code",
-    "NODE_PATH": "node resolves modules from there",
+    "NODE_PATH": "node resolves modules from it",
     "JAVA_TOOL_OPTIONS": "the JVM takes -javaagent from it and runs that code",
     "_JAVA_OPTIONS": "the JVM takes -javaagent from it and runs that code",
     "JDK_JAVA_OPTIONS": "the java launcher takes -javaagent from it and runs that code",
-    "CLASSPATH": "the JVM loads classes from there",
+    "CLASSPATH": "the JVM loads classes from it",
     "PERL5OPT": "perl takes -M from it and runs that module",
-    "PERL5LIB": "perl loads modules from there",
-    "PERLLIB": "perl loads modules from there",
-    "PERL5DB": "perl runs it as the debugger",
+    "PERL5LIB": "perl loads modules from it",
+    "PERLLIB": "perl loads modules from it",
+    "PERL5DB": "perl runs its code as the debugger",
     "RUBYOPT": "ruby takes -r from it and runs that file",
-    "RUBYLIB": "ruby loads libraries from there",
+    "RUBYLIB": "ruby loads libraries from it",
     # TLS.
     "OPENSSL_CONF": "an OpenSSL config can load engines and providers, which run code",
-    "OPENSSL_ENGINES": "OpenSSL loads engine modules from there",
-    "OPENSSL_MODULES": "OpenSSL loads provider modules from there",
-    "SSLKEYLOGFILE": "TLS libraries write every session key to that file, so the "
-    "traffic to the LLM service can be decrypted",
+    "OPENSSL_ENGINES": "OpenSSL loads engine modules from it",
+    "OPENSSL_MODULES": "OpenSSL loads provider modules from it",
+    "SSLKEYLOGFILE": "TLS libraries write every session key to the file it names, "
+    "so traffic to the LLM service can be decrypted",
     # git, which Kai runs.
-    "GIT_*": _GIT,
-    "SSH_ASKPASS": "git and ssh run that program to ask for credentials",
+    "GIT_*": "Kai runs git, and GIT_* variables choose git's config, helper "
+    "programs, hooks and trace files",
+    "SSH_ASKPASS": "git and ssh run the program it names to ask for credentials",
     # The bridge itself.
     "KAI_RPC_POLICY": "it would pick the policy of a bridge started by the worker",
 }
@@ -215,7 +213,8 @@ def _json_type(value: Any) -> str:
 class Policy(BaseModel):
     """The policy file. All lists hold shell-style globs (``*``, ``?``, ``[...]``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: "false" in quotes must not pass as a boolean in a security setting.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     allow: list[str] = []
     deny: list[str] = []

@@ -293,24 +293,36 @@ class ScrubbingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            self._scrub(record)
-        except Exception:
-            # Rendering failed (bad %-arguments, a __str__ that raises): keep a line
-            # that shows something went wrong, without the arguments that failed.
-            record.msg = "<log message could not be rendered; arguments dropped>"
-            record.args = None
+        self._scrub_message(record)
+        self._scrub_exception(record)
         return True
 
     @staticmethod
-    def _scrub(record: logging.LogRecord) -> None:
-        record.msg = scrub(record.getMessage())
+    def _scrub_message(record: logging.LogRecord) -> None:
+        try:
+            record.msg = scrub(record.getMessage())
+        except Exception:
+            # Bad %-arguments, or an argument whose __str__ raises: keep the
+            # template, which is the code's own text, and drop the arguments.
+            try:
+                template = scrub(str(record.msg))
+            except Exception:
+                template = "<log message>"
+            record.msg = f"{template} (arguments dropped: they could not be rendered)"
         record.args = None
 
-        if record.exc_info and not record.exc_text:
-            record.exc_text = "".join(traceback.format_exception(*record.exc_info))
-            record.exc_text = record.exc_text.rstrip("\n")
-        if record.exc_text:
-            record.exc_text = scrub(record.exc_text)
-        if record.stack_info:
-            record.stack_info = scrub(record.stack_info)
+    @staticmethod
+    def _scrub_exception(record: logging.LogRecord) -> None:
+        try:
+            if record.exc_info and not record.exc_text:
+                text = "".join(traceback.format_exception(*record.exc_info))
+                record.exc_text = text.rstrip("\n")
+            if record.exc_text:
+                record.exc_text = scrub(record.exc_text)
+            if record.stack_info:
+                record.stack_info = scrub(record.stack_info)
+        except Exception:
+            # A formatter would render exc_info again, unscrubbed: drop it.
+            record.exc_info = None
+            record.exc_text = "<traceback could not be rendered>"
+            record.stack_info = None

@@ -716,6 +716,7 @@ class TestLoadPolicy:
             ("deny = [1]", "deny item 0"),
             ('deny = [""]', "empty string"),
             ("allow_insecure_tls = 3", "true or false"),
+            ('allow_insecure_tls = "false"', "true or false"),
             ("locked = 1", "locked"),
             ("[locked]\nX = 1", "locked X"),
             ('[locked]\n"A=B" = "v"', "'='"),

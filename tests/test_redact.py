@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -432,6 +433,28 @@ class TestScrubbingFilter:
         record = _record("%d items", "sk-not-a-number")
         assert ScrubbingFilter().filter(record) is True
         assert "sk-not-a-number" not in record.getMessage()
+        assert record.getMessage().startswith("%d items (arguments dropped")
+
+    def test_unrenderable_traceback_dropped(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If a traceback cannot be rendered, exc_info is dropped, not left raw."""
+        remember_secret("sk-raw-traceback")
+
+        def broken(*args: object) -> list[str]:
+            raise RuntimeError("cannot render")
+
+        try:
+            raise ValueError("sk-raw-traceback")
+        except ValueError:
+            record = logging.LogRecord(
+                "t", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+            )
+        monkeypatch.setattr(traceback, "format_exception", broken)
+        assert ScrubbingFilter().filter(record) is True
+        monkeypatch.undo()
+        assert record.exc_info is None
+        assert "sk-raw-traceback" not in logging.Formatter().format(record)
 
     def test_through_a_handler(self, caplog: pytest.LogCaptureFixture) -> None:
         """Attached to a handler, the filter keeps secrets out of emitted lines."""
