@@ -310,8 +310,14 @@ def _classify(
             f"{url!r} is not a URL the client can call ({_last_line(chain)}). Use "
             "an https:// URL."
         )
-    if statuses:
-        return "http_error", (f"{url} answered HTTP {statuses[0]}: {_last_line(chain)}")
+    answered = next((i for i in chain if _status_of(i) is not None), None)
+    if answered is not None:
+        status = _status_of(answered)
+        hint = " Check the API key." if status in (401, 403) else ""
+        return "http_error", (
+            f"{url} answered HTTP {status}: {_last_line([answered])}.{hint}"
+        )
+
     return "other", f"the call to {url} failed: {_last_line(chain)}"
 
 
