@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_HEADER_LINE_BYTES = 8 * 1024
 _DISCARD_CHUNK = 64 * 1024
+# int() refuses more than 4300 digits (sys.get_int_max_str_digits); a length of
+# more digits than this is absurd anyway and is refused as too large.
+_MAX_LENGTH_DIGITS = 20
 
 
 class FrameReader:
@@ -33,20 +36,25 @@ class FrameReader:
     ) -> None:
         self._stream = stream
         self._max_bytes = max_bytes
+        self._skip = 0
         self.noise_lines = 0
 
     async def read_frame(self) -> bytes | None:
         """The next body, or None at end of stream.
 
         Raises FramingError for a broken header block (the stream stays usable: the
-        reader resynchronises at the next blank line) and MessageTooLarge after
-        discarding an oversized body.
+        reader resynchronises at the next blank line) and MessageTooLarge as soon as
+        an oversized body is announced, so the sender hears of it at once; that body
+        is discarded, in chunks, by the next call.
         """
+        if self._skip:
+            await self._discard(self._skip)
+            self._skip = 0
         length = await self._read_headers()
         if length is None:
             return None
         if length > self._max_bytes:
-            await self._discard(length)
+            self._skip = length
             raise MessageTooLarge(
                 f"message of {length} bytes refused: the limit is {self._max_bytes} "
                 "bytes; send smaller messages"
@@ -117,6 +125,8 @@ class FrameReader:
 
 def _parse_length(text: str, problem: str | None) -> tuple[int | None, str | None]:
     if text.isascii() and text.isdigit():
+        if len(text) > _MAX_LENGTH_DIGITS:
+            return 10**_MAX_LENGTH_DIGITS, problem
         return int(text), problem
     return None, problem or f"Content-Length {text[:40]!r} is not a whole number"
 
@@ -150,6 +160,11 @@ def parse_body(body: bytes) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as exc:
         raise ParseError(f"message body is not JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise ParseError("message body nests arrays or objects too deeply") from None
+    except ValueError as exc:
+        # int() past its digit limit, raised from inside the JSON decoder.
+        raise ParseError(f"message body is not usable JSON: {exc}"[:200]) from None
     if not isinstance(message, dict):
         kind = type(message).__name__
         raise InvalidRequest(f"a JSON-RPC message must be an object, got {kind}")
