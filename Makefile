@@ -56,6 +56,12 @@ format: $(VENV)/.installed
 contract: $(VENV)/.installed $(NODE_DIR)/node_modules/.installed
 	$(BIN)/python -m kai_rpc.contract_export $(NODE_DIR)
 
+# Re-record tests/sessions/*.jsonl: the vscode-jsonrpc client (ide-contract/client)
+# runs each scenario against kai-rpc serve through the recording proxy, in an
+# environment without this machine's proxy and CA variables.
+sessions: install
+	$(BIN)/python -m tests.support.replay
+
 bench: install
 	$(BIN)/python -m bench
 
