@@ -261,3 +261,9 @@ def test_recording_with_a_bad_line_names_it(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         load_recording(path)
+
+
+def test_readme_lists_the_rules_as_in_code() -> None:
+    """ide-contract/README.md shows exactly the normalisation rules replay applies."""
+    readme = (ROOT / "ide-contract" / "README.md").read_text(encoding="utf-8")
+    assert rules_table() in readme, "paste recording.rules_table() into the README"
