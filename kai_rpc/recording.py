@@ -34,7 +34,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -585,15 +585,18 @@ async def replay(
     command: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ReplayOutcome:
     """Replay the recording at ``path`` against a fresh ``command`` (run in ``cwd``,
-    where relative paths in the recording resolve) and compare."""
+    where relative paths in the recording resolve, with ``env`` or this process's
+    environment) and compare."""
     entries = load_recording(path)
     process = await asyncio.create_subprocess_exec(
         *(command or DEFAULT_SERVER),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=cwd,
+        env=env,
     )
     server = _Server(process)
     try:

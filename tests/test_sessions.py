@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.environ import clean_environ
 from tests.support.replay import (
     CLIENT,
     RECORDED_SCENARIOS,
@@ -21,6 +20,7 @@ from tests.support.replay import (
     SESSIONS,
     assert_replays,
     replay_session,
+    session_environ,
 )
 
 SESSION_FILES = sorted(SESSIONS.glob("*.jsonl"))
@@ -86,7 +86,7 @@ def test_replay_command_exits_non_zero_with_the_diff(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=clean_environ(),
+        env=session_environ(),
         timeout=120,
         check=False,
     )
@@ -106,7 +106,7 @@ def test_serve_record_writes_a_replayable_session(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=clean_environ(),
+        env=session_environ(),
         timeout=120,
         check=False,
     )

@@ -33,11 +33,19 @@ RECORDED_SCENARIOS = (
 )
 
 
+def session_environ() -> dict[str, str]:
+    """The server's environment when recording and replaying: no proxy or CA
+    variables, and no user policy file (~/.config/kai-rpc/policy.toml)."""
+    return clean_environ({"XDG_CONFIG_HOME": str(ROOT / "tests" / "sessions" / "none")})
+
+
 def replay_session(
     path: Path, command: Sequence[str] | None = None, timeout: float = 30.0
 ) -> ReplayOutcome:
     """Replay ``path`` against a fresh server started from the repository root."""
-    return asyncio.run(replay(path, command or SERVE, timeout, cwd=ROOT))
+    return asyncio.run(
+        replay(path, command or SERVE, timeout, cwd=ROOT, env=session_environ())
+    )
 
 
 def assert_replays(path: Path | str, command: Sequence[str] | None = None) -> None:
@@ -53,7 +61,7 @@ def record_session(name: str, out_dir: Path = SESSIONS) -> Path:
     # The leading "--" keeps kai-rpc's own parser from reading --out as its option.
     recorder = [sys.executable, "-m", "kai_rpc", "record", "--", "--out", str(out)]
     command = ["node", str(CLIENT), "--scenario", name, "--", *recorder, "--", *SERVE]
-    subprocess.run(command, cwd=ROOT, env=clean_environ(), check=True, timeout=120)
+    subprocess.run(command, cwd=ROOT, env=session_environ(), check=True, timeout=120)
     return out
 
 
