@@ -127,7 +127,7 @@ def render(report: WorkerInspection, probes: Sequence[ProbeResult] = ()) -> str:
         _warnings(report),
     ]
     if probes:
-        sections.append(_probes(probes))
+        sections.append(render_probes(probes))
     return "\n\n".join(sections)
 
 
@@ -215,7 +215,7 @@ def _warnings(report: WorkerInspection) -> str:
     return "\n".join(lines)
 
 
-def _probes(probes: Sequence[ProbeResult]) -> str:
+def render_probes(probes: Sequence[ProbeResult]) -> str:
     lines = ["Probes"]
     for probe in probes:
         via = f"proxy {probe.proxy}" if probe.proxy else "direct"

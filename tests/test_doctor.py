@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kai_rpc import doctor, inspection
-from tests.support.fake_llm import FakeLlm
+from kai_rpc.local_llm import FakeLlm
 
 
 def _env_file(tmp_path: Path, text: str) -> Path:

@@ -15,10 +15,10 @@ from kai_rpc import inspection
 from kai_rpc.contract import ChatParams, ModelProvider, ProbeParams
 from kai_rpc.exceptions import ChatFailed
 from kai_rpc.llm import LlmClient
+from kai_rpc.local_llm import FakeLlm
+from kai_rpc.sidecar import SidecarView
 from tests.support.environ import clean_environ
-from tests.support.fake_llm import FakeLlm
 from tests.support.network_fixtures import PROXY_PASSWORD, PROXY_USER
-from tests.support.sidecar import SidecarView
 
 API_KEY = "sk-test-api-key-0123456789"
 PROVIDER = ModelProvider(args={"model": "fake-model", "max_retries": 0})

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kai_rpc.local_llm import FakeLlm
+from kai_rpc.sidecar import SidecarView
 from tests.support.client import bridge
-from tests.support.fake_llm import FakeLlm
 from tests.support.network_fixtures import PROXY_PASSWORD, PROXY_USER
-from tests.support.sidecar import SidecarView
 
 HELLO = {"messages": [{"role": "user", "content": "over the bridge"}]}
 

@@ -11,10 +11,10 @@ import trustme
 from kai_rpc.contract import ChatParams, ModelProvider
 from kai_rpc.exceptions import ChatFailed
 from kai_rpc.llm import LlmClient
+from kai_rpc.local_llm import FakeLlm
+from kai_rpc.sidecar import REPO, Sidecar
 from tests.support.environ import clean_environ
-from tests.support.fake_llm import FakeLlm
 from tests.support.fake_oauth import FakeTokenEndpoint
-from tests.support.sidecar import REPO, Sidecar
 
 ADDON = REPO / "examples/sidecar/oauth_addon.py"
 CLIENT_ID = "kai-sidecar-client"

@@ -9,7 +9,7 @@ from typing import Any
 
 import trustme
 
-from tests.support.fake_llm import FakeHttpsServer, RecordedRequest
+from kai_rpc.local_llm import FakeHttpsServer, RecordedRequest
 
 
 class FakeTokenEndpoint(FakeHttpsServer):

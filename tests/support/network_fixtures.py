@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support.fake_llm import FakeLlm
-from tests.support.sidecar import Sidecar, SidecarView
+from kai_rpc.local_llm import FakeLlm
+from kai_rpc.sidecar import Sidecar, SidecarView
 
 PROXY_USER = "kai-user"
 PROXY_PASSWORD = "pw-s3cret-for-proxy"

@@ -1,4 +1,4 @@
-"""mitmproxy addon (runs in mitmproxy's own venv): every flow to a JSON-lines file.
+"""mitmproxy addon, loaded by mitmdump in its own venv: every flow to a JSON-lines file.
 
 Options: ``kai_flow_log`` (the file). Records CONNECT requests and proxied requests
 with host, port, path and headers; a Proxy-Authorization value is replaced by

@@ -1,4 +1,6 @@
-"""A real HTTPS server that answers like an OpenAI-compatible LLM, for tests.
+"""A real HTTPS server that answers like an OpenAI-compatible LLM, on loopback.
+
+It plays the LLM in ``kai-rpc demo``, the tests and the benchmarks.
 
 Bound to 127.0.0.2 by default: no default NO_PROXY entry (localhost, 127.0.0.1)
 covers it, so a proxy in the environment really applies. Every request it gets is

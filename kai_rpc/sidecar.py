@@ -1,8 +1,11 @@
-"""A real mitmdump on a loopback port, as the "sidecar" proxy of the tests.
+"""A real mitmdump on a loopback port: the "sidecar" proxy of ``kai-rpc demo``, the
+tests and the benchmarks.
 
-Its confdir lives in a temporary directory, so its CA (``mitmproxy-ca-cert.pem``)
-is fresh per run; it trusts the test CA upstream, optionally demands proxy
-credentials, and records every flow to a JSON-lines file through mitm_recorder.
+Its confdir lives in a working directory of the caller's, so its CA
+(``mitmproxy-ca-cert.pem``) is fresh per run; it trusts a given CA upstream,
+optionally demands proxy credentials, and records every flow to a JSON-lines file
+through the addon in ``sidecar_flow_log.py``. mitmproxy runs from its own virtual
+environment (``.venv-mitm``, or ``KAI_RPC_MITMDUMP``): it is never imported here.
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.environ import clean_environ
-
-REPO = Path(__file__).resolve().parents[2]
-RECORDER = Path(__file__).with_name("mitm_recorder.py")
+REPO = Path(__file__).resolve().parents[1]
+RECORDER = Path(__file__).with_name("sidecar_flow_log.py")
+_NETWORK_VARIABLES = ("_proxy", "ssl_cert_file", "ssl_cert_dir", "_ca_bundle")
 _LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
 _START_TIMEOUT_S = 60.0
+
+
+def environ_without_network_settings() -> dict[str, str]:
+    """This process's environment without proxy and CA variables."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.lower().endswith(_NETWORK_VARIABLES)
+    }
 
 
 def mitmdump_path() -> Path:
@@ -99,10 +110,15 @@ class Sidecar:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=clean_environ(self._env),
+                env=self._environment(),
             )
         self.port = self._wait_listening()
         return self
+
+    def _environment(self) -> dict[str, str]:
+        env = environ_without_network_settings()
+        env.update(self._env)
+        return env
 
     def _wait_listening(self) -> int:
         deadline = time.monotonic() + _START_TIMEOUT_S
