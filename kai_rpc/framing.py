@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_HEADER_LINE_BYTES = 8 * 1024
+# The bridge-worker pipes carry a client's message of up to MAX_MESSAGE_BYTES inside
+# the bridge's envelope (its worker-local id can be longer than the client's), and
+# answers that repeat it; the client's limit there would drop a request the bridge
+# has accepted, and its answer would never come.
+WORKER_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 _DISCARD_CHUNK = 64 * 1024
 # int() refuses more than 4300 digits (sys.get_int_max_str_digits); a length of
 # more digits than this is absurd anyway and is refused as too large.
@@ -239,7 +244,9 @@ class MessageWriter:
         self._transport.close()
 
 
-async def connect_stdio() -> tuple[FrameReader, MessageWriter]:
+async def connect_stdio(
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> tuple[FrameReader, MessageWriter]:
     """Frame reader and writer on this process's stdin and stdout.
 
     File descriptor 1 is then pointed at stderr, so a stray print from any library
@@ -254,4 +261,4 @@ async def connect_stdio() -> tuple[FrameReader, MessageWriter]:
         lambda: asyncio.StreamReaderProtocol(stream), sys.stdin.buffer
     )
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, protocol_out)
-    return FrameReader(stream), MessageWriter(transport)
+    return FrameReader(stream, max_bytes), MessageWriter(transport)

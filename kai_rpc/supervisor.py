@@ -30,7 +30,12 @@ from kai_rpc.exceptions import (
     WorkerStartFailed,
     WorkerUnavailable,
 )
-from kai_rpc.framing import MAX_HEADER_LINE_BYTES, FrameReader, encode_message
+from kai_rpc.framing import (
+    MAX_HEADER_LINE_BYTES,
+    WORKER_MAX_MESSAGE_BYTES,
+    FrameReader,
+    encode_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +211,7 @@ class WorkerProcess:
 
     async def _read_stdout(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        reader = FrameReader(self.process.stdout)
+        reader = FrameReader(self.process.stdout, WORKER_MAX_MESSAGE_BYTES)
         bad_frames = 0
         while True:
             try:

@@ -26,7 +26,13 @@ from pydantic import ValidationError
 from kai_rpc import contract, redact
 from kai_rpc.contract import ErrorCode
 from kai_rpc.exceptions import InvalidParams, InvalidRequest, KaiRpcError, ParseError
-from kai_rpc.framing import FrameReader, MessageWriter, connect_stdio, parse_body
+from kai_rpc.framing import (
+    WORKER_MAX_MESSAGE_BYTES,
+    FrameReader,
+    MessageWriter,
+    connect_stdio,
+    parse_body,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +195,7 @@ def _error_object(request_id: Any, code: int, message: str) -> dict[str, Any]:
 
 async def run(worker_class: type[Worker] = Worker) -> None:
     """Serve on stdin/stdout until stdin closes."""
-    reader, writer = await connect_stdio()
+    reader, writer = await connect_stdio(WORKER_MAX_MESSAGE_BYTES)
     await worker_class(writer).serve(reader)
 
 
