@@ -412,6 +412,11 @@ class Bridge:
     def _cancel(self, message: dict[str, Any]) -> None:
         params = message.get("params")
         client_id = params.get("id") if isinstance(params, dict) else None
+        if not isinstance(client_id, str | int):
+            # LSP's CancelParams.id is an integer or a string; anything else (an
+            # object is unhashable) cannot name a request.
+            logger.warning("ignoring $/cancelRequest without a usable id")
+            return
         holder = self._supervisor.holder_of(client_id)
         if holder is not None:
             holder.cancel(client_id)
