@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic_core import core_schema
 
 from kai_rpc import contract as c
 
@@ -272,12 +273,31 @@ def _method_entry(spec: MethodSpec) -> dict[str, Any]:
     return entry
 
 
+class _WireSchema(GenerateJsonSchema):
+    """What the bridge sends is always whole: ``WireModel.wire()`` dumps every field,
+    defaults and nulls included. So in serialization mode (results and
+    notifications) every field is required, and TypeScript need not treat a
+    report's ``variables`` as possibly undefined. Params keep their defaults."""
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField
+        | core_schema.DataclassField
+        | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        return self.mode == "serialization" or super().field_is_required(field, total)
+
+
 def build_schema() -> dict[str, Any]:
     """The whole contract as one JSON Schema document."""
     modes: tuple[JsonSchemaMode, ...] = ("validation", "serialization")
     models = [(model, mode) for mode in modes for model in _models(mode)]
     _, defs_doc = models_json_schema(
-        models, by_alias=True, ref_template=DEFS_PREFIX + "{model}"
+        models,
+        by_alias=True,
+        ref_template=DEFS_PREFIX + "{model}",
+        schema_generator=_WireSchema,
     )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -173,16 +173,16 @@ export interface EnvironmentReport {
    * +1 each time a new environment is applied.
    */
   generation: number;
-  proxy?: ProxyReport;
-  tls?: TlsReport;
+  proxy: ProxyReport;
+  tls: TlsReport;
   /**
    * What became of each variable.
    */
-  variables?: VariableEntry[];
+  variables: VariableEntry[];
   /**
    * Things the user should know or fix.
    */
-  warnings?: ReportWarning[];
+  warnings: ReportWarning[];
   worker: WorkerStatus;
 }
 /**
@@ -192,7 +192,7 @@ export interface ProxyReport {
   /**
    * One route per endpoint.
    */
-  routes?: Route[];
+  routes: Route[];
 }
 /**
  * Where calls to one endpoint go, as the LLM client will make them.
@@ -204,27 +204,27 @@ export interface Route {
   /**
    * The NO_PROXY entry that sends the call direct.
    */
-  bypassedBy?: string | null;
+  bypassedBy: string | null;
   /**
    * The LLM client's HTTP library.
    */
-  client?: string;
+  client: string;
   /**
    * Its installed version.
    */
-  clientVersion?: string;
+  clientVersion: string;
   /**
    * How other HTTP libraries in Kai's processes would route it.
    */
-  libraries?: LibraryRoute[];
+  libraries: LibraryRoute[];
   /**
    * Proxy the LLM client uses, credentials redacted; null: direct.
    */
-  proxy?: string | null;
+  proxy: string | null;
   /**
    * The variable that chose the proxy, e.g. OPENAI_PROXY.
    */
-  proxySource?: string | null;
+  proxySource: string | null;
   /**
    * The endpoint.
    */
@@ -240,11 +240,11 @@ export interface LibraryRoute {
   /**
    * The NO_PROXY entry that sends the call direct.
    */
-  bypassedBy?: string | null;
+  bypassedBy: string | null;
   /**
    * Why the library cannot use this environment at all.
    */
-  error?: string | null;
+  error: string | null;
   /**
    * Library name, e.g. httpx2, requests, urllib.
    */
@@ -252,7 +252,7 @@ export interface LibraryRoute {
   /**
    * Proxy URL, credentials redacted.
    */
-  proxy?: string | null;
+  proxy: string | null;
   /**
    * Installed version of that library.
    */
@@ -265,15 +265,15 @@ export interface TlsReport {
   /**
    * CA bundles and directories named by variables.
    */
-  caFiles?: CaSource[];
+  caFiles: CaSource[];
   /**
    * Which source the LLM client's trust store is built from.
    */
-  trustStore?: string;
+  trustStore: string;
   /**
    * false only when a policy allowed it.
    */
-  verify?: boolean;
+  verify: boolean;
 }
 /**
  * One CA bundle or directory named by a variable.
@@ -285,15 +285,15 @@ export interface CaSource {
   /**
    * Certificates parsed.
    */
-  certificateCount?: number;
+  certificateCount: number;
   /**
    * The certificates parsed, in file order.
    */
-  certificates?: CertificateInfo[];
+  certificates: CertificateInfo[];
   /**
    * Why the source could not be read or parsed.
    */
-  error?: string | null;
+  error: string | null;
   /**
    * Whether the path exists.
    */
@@ -301,15 +301,15 @@ export interface CaSource {
   /**
    * Libraries that read this variable.
    */
-  honouredBy?: string[];
+  honouredBy: string[];
   /**
    * Libraries that do not.
    */
-  ignoredBy?: string[];
+  ignoredBy: string[];
   /**
    * A directory of certificates rather than a bundle file.
    */
-  isDirectory?: boolean;
+  isDirectory: boolean;
   /**
    * The path the variable names, as given.
    */
@@ -321,7 +321,7 @@ export interface CaSource {
   /**
    * Whether the worker's LLM client trusts this source.
    */
-  usedByLlmClient?: boolean;
+  usedByLlmClient: boolean;
   /**
    * The variable that names it, e.g. SSL_CERT_FILE.
    */
@@ -337,7 +337,7 @@ export interface CertificateInfo {
   /**
    * notAfter is in the past.
    */
-  expired?: boolean;
+  expired: boolean;
   /**
    * Issuer distinguished name.
    */
@@ -353,7 +353,7 @@ export interface CertificateInfo {
   /**
    * notBefore is in the future.
    */
-  notYetValid?: boolean;
+  notYetValid: boolean;
   /**
    * Subject distinguished name.
    */
@@ -373,7 +373,7 @@ export interface VariableEntry {
   /**
    * Why, for rejected and locked.
    */
-  reason?: string | null;
+  reason: string | null;
   /**
    * Whose value the worker sees.
    */
@@ -385,7 +385,7 @@ export interface VariableEntry {
   /**
    * The value, redacted when secret-shaped; null when absent.
    */
-  value?: string | null;
+  value: string | null;
 }
 /**
  * Something the user should know or fix. ``code`` is stable.
@@ -410,15 +410,15 @@ export interface WorkerStatus {
   /**
    * Why the last worker failed, secrets redacted.
    */
-  lastError?: string | null;
+  lastError: string | null;
   /**
    * Process id of the current worker.
    */
-  pid?: number | null;
+  pid: number | null;
   /**
    * Restarts after crashes since start-up.
    */
-  restarts?: number;
+  restarts: number;
   /**
    * Lifecycle state of the current worker.
    */
@@ -503,16 +503,16 @@ export interface EnvironmentReport1 {
    * +1 each time a new environment is applied.
    */
   generation: number;
-  proxy?: ProxyReport;
-  tls?: TlsReport;
+  proxy: ProxyReport;
+  tls: TlsReport;
   /**
    * What became of each variable.
    */
-  variables?: VariableEntry[];
+  variables: VariableEntry[];
   /**
    * Things the user should know or fix.
    */
-  warnings?: ReportWarning[];
+  warnings: ReportWarning[];
   worker: WorkerStatus;
 }
 /**
@@ -541,11 +541,11 @@ export interface ProbeResult {
   /**
    * The server certificate the client saw, when it got one.
    */
-  certificate?: CertificateInfo | null;
+  certificate: CertificateInfo | null;
   /**
    * HTTP library and version that made the call.
    */
-  client?: string;
+  client: string;
   /**
    * Duration of the request, milliseconds.
    */
@@ -553,7 +553,7 @@ export interface ProbeResult {
   /**
    * What failed, when not ok.
    */
-  error?: ProbeError | null;
+  error: ProbeError | null;
   /**
    * Whether the request succeeded; else see error.
    */
@@ -561,7 +561,7 @@ export interface ProbeResult {
   /**
    * The proxy, credentials redacted.
    */
-  proxy?: string | null;
+  proxy: string | null;
   /**
    * Whether the request went direct or through a proxy.
    */
@@ -569,7 +569,7 @@ export interface ProbeResult {
   /**
    * HTTP status, when one arrived.
    */
-  status?: number | null;
+  status: number | null;
   /**
    * The URL requested.
    */
@@ -667,7 +667,7 @@ export interface ProxyReport1 {
   /**
    * One route per endpoint.
    */
-  routes?: Route[];
+  routes: Route[];
 }
 /**
  * What the LLM client trusts.
@@ -679,15 +679,15 @@ export interface TlsReport1 {
   /**
    * CA bundles and directories named by variables.
    */
-  caFiles?: CaSource[];
+  caFiles: CaSource[];
   /**
    * Which source the LLM client's trust store is built from.
    */
-  trustStore?: string;
+  trustStore: string;
   /**
    * false only when a policy allowed it.
    */
-  verify?: boolean;
+  verify: boolean;
 }
 /**
  * The state of the worker process that serves forwarded requests.
@@ -699,15 +699,15 @@ export interface WorkerStatus1 {
   /**
    * Why the last worker failed, secrets redacted.
    */
-  lastError?: string | null;
+  lastError: string | null;
   /**
    * Process id of the current worker.
    */
-  pid?: number | null;
+  pid: number | null;
   /**
    * Restarts after crashes since start-up.
    */
-  restarts?: number;
+  restarts: number;
   /**
    * Lifecycle state of the current worker.
    */
