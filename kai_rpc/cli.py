@@ -72,6 +72,15 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args.rest)
 
 
+# Commands that parse their own arguments.
+PASSTHROUGH_COMMANDS = {
+    "doctor": (_doctor, "report routes and TLS for this shell's environment"),
+    "record": (_record, "record a client-server conversation on stdio"),
+    "replay": (_replay, "replay a recorded conversation against a server"),
+    "demo": (_demo, "show the bridge at work with a local proxy and LLM"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kai-rpc",
@@ -104,12 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    for name, run, text in (
-        ("doctor", _doctor, "report routes and TLS for this shell's environment"),
-        ("record", _record, "record a client-server conversation on stdio"),
-        ("replay", _replay, "replay a recorded conversation against a server"),
-        ("demo", _demo, "show the bridge at work with a local proxy and LLM"),
-    ):
+    for name, (run, text) in PASSTHROUGH_COMMANDS.items():
         sub = commands.add_parser(name, help=text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(run=run)
@@ -117,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     configure_logging(args.log_level)
     sys.exit(args.run(args))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; the words after a passthrough command go to it as is.
+
+    argparse will not hand a word starting with "-" to a REMAINDER argument, so
+    ``kai-rpc record --out F -- cmd`` is split here, before argparse sees it.
+    """
+    parser = build_parser()
+    for index, word in enumerate(argv):
+        after_option_value = index > 0 and argv[index - 1] == "--log-level"
+        if word in PASSTHROUGH_COMMANDS and not after_option_value:
+            args = parser.parse_args(argv[: index + 1])
+            args.rest = argv[index + 1 :]
+            return args
+    return parser.parse_args(argv)

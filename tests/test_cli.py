@@ -1,0 +1,29 @@
+"""The kai-rpc command line: which words reach which command."""
+
+from __future__ import annotations
+
+from kai_rpc.cli import parse_args
+
+
+def test_passthrough_commands_get_every_word_after_them() -> None:
+    """Words after record, replay, doctor and demo reach them unchanged, options
+    and "--" included, while global options before them are still parsed."""
+    args = parse_args(
+        ["--log-level", "DEBUG", "record", "--out", "f.jsonl", "--", "kai-rpc", "serve"]
+    )
+    assert args.log_level == "DEBUG"
+    assert args.rest == ["--out", "f.jsonl", "--", "kai-rpc", "serve"]
+    assert parse_args(["replay", "--timeout", "5", "f.jsonl"]).rest == [
+        "--timeout",
+        "5",
+        "f.jsonl",
+    ]
+    assert parse_args(["doctor"]).rest == []
+
+
+def test_serve_options_are_parsed_by_the_command_line() -> None:
+    """serve's own options are parsed, with the documented defaults."""
+    args = parse_args(["serve", "--ready-timeout", "2.5"])
+    assert args.ready_timeout == 2.5
+    assert args.retire_grace == 10.0
+    assert args.policy is None and args.record is None
