@@ -2,8 +2,9 @@
 
 ``FAULT_MODE`` in its environment picks a fault: ``exit`` exits at once with code 3,
 ``hang`` never becomes ready, ``flood`` writes megabytes of garbage to stdout and
-stderr before serving. Extra methods: ``test/sleep`` (waits ``seconds``, cancellable),
-``test/crash`` (exits with code 7 at once), ``test/askClient`` (sends a request to
+stderr before serving, ``dumpenv`` prints its whole environment to stderr and exits
+with code 4 (secrets included, as a careless program would). Extra methods:
+``test/sleep`` (waits ``seconds``, cancellable), ``test/crash`` (exits with code 7 at once), ``test/askClient`` (sends a request to
 the client and returns the client's answer), ``test/pid``.
 """
 
@@ -71,6 +72,11 @@ def _start_faults() -> None:
     if mode == "exit":
         sys.stderr.write("fault worker: exiting at start as asked\n")
         os._exit(3)
+    if mode == "dumpenv":
+        for name, value in os.environ.items():
+            sys.stderr.write(f"{name}={value}\n")
+        sys.stderr.flush()
+        os._exit(4)
     if mode == "flood":
         garbage = b"garbage without a frame header\n" * 4096
         for _ in range(64):
