@@ -1,0 +1,1 @@
+"""kai-rpc benchmarks: ``python -m bench`` (``make bench``); see bench/run.py."""
