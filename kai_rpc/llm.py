@@ -460,7 +460,7 @@ class LlmClient:
         timeout = (params.timeout_ms or DEFAULT_PROBE_TIMEOUT_MS) / 1000
         library = inspection.llm_client_library()
         result = ProbeResult(
-            url=url,
+            url=redact_url(url),
             route="direct",
             ok=False,
             elapsed_ms=0.0,

@@ -119,11 +119,6 @@ async def test_canary_secrets_appear_nowhere(tmp_path: Path) -> None:
     assert "<redacted>" in texts["messages to the client"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kai_rpc/llm.py's probe puts the requested URL into ProbeResult.url "
-    "unredacted; it should pass it through redact_url as it does for the proxy",
-)
 async def test_a_probe_url_with_credentials_is_not_echoed() -> None:
     """probeConnectivity of a URL holding credentials answers with the URL
     redacted, never with its password."""
