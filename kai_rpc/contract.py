@@ -61,6 +61,9 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="ignore",
         use_attribute_docstrings=False,
+        # Build each model on first use: the bridge answers initialize before it
+        # needs most of them.
+        defer_build=True,
     )
 
     def wire(self) -> dict[str, Any]:
