@@ -142,6 +142,10 @@ class Worker:
     def _warm(self) -> None:
         try:
             self._llm.warm()
+        except KaiRpcError as exc:
+            # An environment problem (no API key, an unusable CA file): the report
+            # already says so, and chat answers with the same message.
+            logger.warning("the LLM client is not usable: %s", exc.message)
         except Exception:
             logger.exception("loading the LLM client failed; chat will report why")
 
