@@ -37,7 +37,13 @@ from kai_rpc.exceptions import (
     WorkerUnavailable,
 )
 from kai_rpc.framing import FrameReader, MessageWriter, connect_stdio, parse_body
-from kai_rpc.supervisor import Launch, Supervisor, Timings, WorkerProcess
+from kai_rpc.supervisor import (
+    BackgroundTasks,
+    Launch,
+    Supervisor,
+    Timings,
+    WorkerProcess,
+)
 from kai_rpc.worker import describe_validation_error
 
 logger = logging.getLogger(__name__)
@@ -123,7 +129,7 @@ class Bridge:
             tuple[contract.SetEnvironmentParams, asyncio.Future[Any]]
         ] = []
         self._applier: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks("bridge")
         self._worker_requests: dict[str, tuple[WorkerProcess, Any]] = {}
         self._request_ids = itertools.count(1)
         self.exit_code: int | None = None
@@ -250,9 +256,9 @@ class Bridge:
         elif method == contract.CANCEL_REQUEST:
             self._cancel(message)
         elif is_request:
-            self._spawn(self._forward_request(message))
+            self._tasks.spawn(self._forward_request(message))
         else:
-            self._spawn(self._forward_notification(message))
+            self._tasks.spawn(self._forward_notification(message))
 
     def _answer_bridge_request(self, message: dict[str, Any]) -> None:
         method = message["method"]
@@ -263,7 +269,7 @@ class Bridge:
             self._reply(message["id"], None)
         elif method == contract.SET_ENVIRONMENT:
             params = _validate(contract.SetEnvironmentParams, message.get("params"))
-            self._spawn(self._answer_set_environment(message["id"], params))
+            self._tasks.spawn(self._answer_set_environment(message["id"], params))
         elif method == contract.GET_ENVIRONMENT_STATUS:
             self._reply(message["id"], self.report().wire())
 
@@ -276,7 +282,7 @@ class Bridge:
             env = settings.kai.env if settings and settings.kai else None
             if env is not None:
                 update = contract.SetEnvironmentParams(env=env)
-                self._spawn(self._apply_configuration_change(update))
+                self._tasks.spawn(self._apply_configuration_change(update))
             return
         self._hand_to_pygls(message)
 
@@ -359,7 +365,7 @@ class Bridge:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((params, future))
         if self._applier is None or self._applier.done():
-            self._applier = self._spawn(self._apply_queued())
+            self._applier = self._tasks.spawn(self._apply_queued())
         report: EnvironmentReport = await future
         return report
 
@@ -447,21 +453,9 @@ class Bridge:
         error["message"] = redact.scrub(error["message"])
         self._writer.send({"jsonrpc": "2.0", "id": request_id, "error": error})
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("bridge task failed", exc_info=task.exception())
-
     async def _stop(self) -> None:
         await self._supervisor.stop()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
 
 
 def _validate(model: type[Any], params: Any) -> Any:

@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,6 +336,29 @@ class WorkerProcess:
             await self._exited.wait()
 
 
+class BackgroundTasks:
+    """Strong references to tasks nobody awaits, with their failures logged."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s task failed", self._owner, exc_info=task.exception())
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
 def _settle(future: asyncio.Future[Any], message: dict[str, Any]) -> None:
     if future.done():
         return
@@ -367,7 +390,7 @@ class Supervisor:
         self._serials = itertools.count(1)
         self._ready = asyncio.Event()
         self._workers: set[WorkerProcess] = set()
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks("supervisor")
         self._restart_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -388,7 +411,9 @@ class Supervisor:
     def start(self, launch: Launch) -> None:
         """Start the first worker in the background; readiness is announced."""
         self._set_state("starting")
-        self._restart_task = self._spawn_task(self._keep_trying(launch, first=True))
+        self._restart_task = self._background.spawn(
+            self._keep_trying(launch, first=True)
+        )
 
     async def replace(self, launch: Launch) -> WorkerInspection:
         """Start a worker for ``launch``; once ready, it takes over.
@@ -421,7 +446,7 @@ class Supervisor:
         self._ready.set()
         if old is not None and old.alive:
             logger.info("worker %d replaced by %d", old.pid, worker.pid)
-            self._spawn_task(old.retire(self.timings.retire_grace))
+            self._background.spawn(old.retire(self.timings.retire_grace))
 
     async def _keep_trying(self, launch: Launch, first: bool = False) -> None:
         delay = self.timings.backoff_first
@@ -481,7 +506,7 @@ class Supervisor:
             self._give_up()
             return
         self._set_state("restarting")
-        self._restart_task = self._spawn_task(self._keep_trying(worker.launch))
+        self._restart_task = self._background.spawn(self._keep_trying(worker.launch))
 
     def _set_state(self, state: WorkerState) -> None:
         self.state = state
@@ -491,17 +516,6 @@ class Supervisor:
         if self._restart_task is not None and not self._restart_task.done():
             self._restart_task.cancel()
         self._restart_task = None
-
-    def _spawn_task(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("supervisor task failed", exc_info=task.exception())
 
     async def ready_worker(self, wait: float) -> WorkerProcess:
         """The current worker, waiting up to ``wait`` s while it (re)starts."""
@@ -534,7 +548,6 @@ class Supervisor:
             *(w.stop(self.timings.stop_timeout) for w in workers),
             return_exceptions=True,
         )
-        for task in list(self._background):
-            task.cancel()
+        self._background.cancel_all()
         self.state = "stopped"
         logger.info("all workers stopped (pid %d)", os.getpid())
