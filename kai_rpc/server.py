@@ -150,9 +150,8 @@ class Bridge:
     def _bridge_warnings(self) -> list[ReportWarning]:
         status = self._supervisor.status()
         if status.state in ("failed", "restarting") and status.last_error:
-            return [
-                ReportWarning(code="worker-" + status.state, message=status.last_error)
-            ]
+            code = f"WORKER_{status.state.upper()}"
+            return [ReportWarning(code=code, message=status.last_error)]
         return []
 
     def _worker_changed(self) -> None:
@@ -230,6 +229,9 @@ class Bridge:
         if method is None:
             self._route_response(message)
             return
+        if method in _ENV_CARRIERS:
+            # Before anything can log or echo a part of it.
+            _remember_secrets(message.get("params"), self._redactor)
         logger.debug("%s %s", method, message.get("id", "(notification)"))
         if method == contract.EXIT:
             self.exit_code = 0 if self._shutdown else 1
@@ -247,8 +249,6 @@ class Bridge:
                     f"{method} before initialize: send initialize first"
                 )
             return
-        if method in _ENV_CARRIERS:
-            _remember_secrets(message.get("params"), self._redactor)
         if is_request and method in BRIDGE_REQUESTS:
             self._answer_bridge_request(message)
         elif not is_request and method in BRIDGE_NOTIFICATIONS:
