@@ -334,6 +334,14 @@ NORMALISATION_RULES: tuple[Rule, ...] = (
         placeholder="<timestamp>",
     ),
     Rule(
+        "installed package path",
+        "the virtual environment lives wherever the checkout is: "
+        "'/x/.venv/lib/python3.11/site-packages/certifi' becomes "
+        "'<site-packages>/certifi'",
+        pattern=re.compile(r"(?:/[^\s\"',;:/]+)+/site-packages/"),
+        placeholder="<site-packages>/",
+    ),
+    Rule(
         "temporary path",
         "temporary directories get a random name per run; the base name is kept",
         pattern=re.compile(rf"(?:{_temp_roots()})/(?:[^\s\"',;:]*/)?([^\s\"',;:/]+)"),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -199,6 +201,23 @@ def test_socks_proxy_names_libraries_without_support() -> None:
 
     [message] = _messages(report, inspection.SOCKS_UNSUPPORTED)
     assert "urllib" in message and "Kai's LLM client can use it" in message
+
+
+def test_socks_proxy_without_socksio_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without socksio (httpx2's socks extra) the warning says the LLM client
+    cannot use the SOCKS proxy and what to install."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "socksio" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    report = _inspect({"ALL_PROXY": "socks5://socks.corp:1080"})
+
+    [message] = _messages(report, inspection.SOCKS_UNSUPPORTED)
+    assert "cannot use it: install socksio" in message
 
 
 def test_invalid_proxy_scheme_is_reported() -> None:
