@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.wire import BARE, BRIDGE, ROOT, Peer, peak_rss_kib
+from bench.wire import BARE, BRIDGE, ROOT, peak_rss_kib, spawn
+from kai_rpc.client import BridgeClient
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -109,28 +110,28 @@ async def settle(*pids: int, quiet: float = 0.3, limit: float = 20.0) -> None:
 @contextlib.asynccontextmanager
 async def running(
     command: list[str], env: dict[str, str], options: dict[str, Any] | None = None
-) -> AsyncIterator[Peer]:
-    peer = await Peer.spawn(command, env)
+) -> AsyncIterator[BridgeClient]:
+    peer = await spawn(command, env)
     try:
         await peer.initialize(options)
         yield peer
     finally:
-        await peer.close()
+        await peer.stop()
 
 
 # -- start-up ---------------------------------------------------------------------
 
 
 async def time_to_initialize(command: list[str], env: dict[str, str]) -> float:
-    peer = await Peer.spawn(command, env)
+    peer = await spawn(command, env)
     try:
         await peer.initialize()
         elapsed = time.perf_counter() - peer.started
         if command is BRIDGE:
-            await peer.worker_ready()
+            await peer.ready()
         return elapsed
     finally:
-        await peer.close()
+        await peer.stop()
 
 
 async def startup(env: dict[str, str], sizes: Sizes) -> Figure:
@@ -154,7 +155,7 @@ async def startup(env: dict[str, str], sizes: Sizes) -> Figure:
 # -- forwarding -------------------------------------------------------------------
 
 
-async def sequential_echo(peer: Peer, count: int) -> list[float]:
+async def sequential_echo(peer: BridgeClient, count: int) -> list[float]:
     times = []
     for _ in range(count):
         started = time.perf_counter()
@@ -163,7 +164,7 @@ async def sequential_echo(peer: Peer, count: int) -> list[float]:
     return times
 
 
-async def pipelined_echo(peer: Peer, count: int) -> float:
+async def pipelined_echo(peer: BridgeClient, count: int) -> float:
     """Messages per second with ``count`` echoes written at once."""
     started = time.perf_counter()
     futures = [peer.start_request("echo", ECHO_PARAMS) for _ in range(count)]
@@ -173,7 +174,7 @@ async def pipelined_echo(peer: Peer, count: int) -> float:
 
 async def forwarding(env: dict[str, str], sizes: Sizes) -> tuple[Figure, Figure]:
     async with running(BRIDGE, env) as bridge, running(BARE, env) as bare:
-        report = await bridge.worker_ready()
+        report = await bridge.ready()
         await settle(bridge.pid, report["worker"]["pid"])
         blocks = 5
         per_block = max(1, sizes.echoes // blocks)
@@ -250,7 +251,7 @@ async def reconfiguration(
         }
         chat = {"messages": [{"role": "user", "content": "hello"}]}
         async with running(BRIDGE, env, options) as bridge:
-            report = await bridge.worker_ready()
+            report = await bridge.ready()
             await bridge.request("chat", chat)  # warm-up: the fake server, the CA
             await settle(bridge.pid, report["worker"]["pid"])
 

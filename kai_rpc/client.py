@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,12 @@ class ResponseError(Exception):
 class BridgeClient:
     """Speaks LSP framing to a bridge subprocess and keeps everything it says."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, started: float = 0.0
+    ) -> None:
         self.process = process
+        self.started = started
+        """``time.perf_counter()`` just before the process was spawned."""
         self.received: list[dict[str, Any]] = []
         self.notifications: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.requests: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -58,17 +63,23 @@ class BridgeClient:
         body = json.dumps(message).encode()
         self.write_raw(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
-    async def request_raw(
-        self, method: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT
-    ) -> dict[str, Any]:
-        """Send a request; return the whole response message."""
+    def start_request(
+        self, method: str, params: Any = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Send a request now; the future resolves to the whole response."""
         request_id = next(self._ids)
         future = self.expect_response(request_id)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
         self.send(message)
-        return await asyncio.wait_for(future, timeout)
+        return future
+
+    async def request_raw(
+        self, method: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """Send a request; return the whole response message."""
+        return await asyncio.wait_for(self.start_request(method, params), timeout)
 
     def expect_response(self, request_id: Any) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = (
@@ -173,9 +184,17 @@ class BridgeClient:
 
     async def _drain_stderr(self) -> None:
         stderr = self.process.stderr
-        assert stderr is not None
+        if stderr is None:  # not a pipe: inherited or discarded
+            return
         while chunk := await stderr.read(65536):
             self.stderr.extend(chunk)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the bridge to end (shutdown, exit); kill it if it does not."""
+        if self.process.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.shutdown_and_exit(timeout)
+        await self.close()
 
     async def close(self) -> None:
         """Stop the bridge if it still runs and collect its output."""
@@ -193,6 +212,7 @@ async def start(
     stderr: int | None = asyncio.subprocess.PIPE,
 ) -> BridgeClient:
     """Spawn a bridge (default: this interpreter's ``kai-rpc serve``) and connect."""
+    started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         *(command or SERVE),
         stdin=asyncio.subprocess.PIPE,
@@ -201,4 +221,4 @@ async def start(
         env=env,
         cwd=cwd,
     )
-    return BridgeClient(process)
+    return BridgeClient(process, started)
