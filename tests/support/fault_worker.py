@@ -4,8 +4,9 @@
 ``hang`` never becomes ready, ``flood`` writes megabytes of garbage to stdout and
 stderr before serving, ``dumpenv`` prints its whole environment to stderr and exits
 with code 4 (secrets included, as a careless program would). Extra methods:
-``test/sleep`` (waits ``seconds``, cancellable), ``test/crash`` (exits with code 7 at once), ``test/askClient`` (sends a request to
-the client and returns the client's answer), ``test/pid``.
+``test/sleep`` (waits ``seconds``, cancellable), ``test/crash`` (exits with code 7
+at once), ``test/askClient`` (sends a request to the client and returns the
+client's answer), ``test/pid``.
 """
 
 from __future__ import annotations
