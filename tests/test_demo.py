@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
-from tests.support.environ import clean_environ
+from tests.support.environ import run_command
 
 
 def test_demo_shows_the_proxied_then_the_direct_route() -> None:
     """The demo's chat goes through the sidecar, then after the NO_PROXY change it
     goes direct, the report says so, no secret is printed, and it exits cleanly."""
-    result = subprocess.run(
-        [sys.executable, "-m", "kai_rpc", "demo"],
-        env=clean_environ(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    result = run_command([sys.executable, "-m", "kai_rpc", "demo"], timeout=240)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
     forwarded = [

@@ -4,13 +4,12 @@ and the extension-side client gets the report the README promises."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from kai_rpc.policy import load_policy
-from tests.support.environ import clean_environ
+from tests.support.environ import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -37,15 +36,7 @@ def test_settings_snippet_has_the_env_map_and_proxy_settings() -> None:
 
 def _run_extension_client() -> dict[str, Any]:
     serve = [sys.executable, "-m", "kai_rpc", "serve", "--policy", str(POLICY)]
-    done = subprocess.run(
-        ["node", str(EXTENSION_CLIENT), str(SETTINGS), "--", *serve],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=clean_environ(),
-        timeout=120,
-        check=False,
-    )
+    done = run_command(["node", str(EXTENSION_CLIENT), str(SETTINGS), "--", *serve])
     assert done.returncode == 0, done.stderr
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,10 @@ from tests.support.client import (
     ResponseError,
     bridge,
     environ_of,
+    fault_worker_options,
     pid_alive,
     start_bridge,
 )
-
-FAULT_WORKER = str(Path(__file__).parent / "support" / "fault_worker.py")
-
-
-def fault_options(env: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"env": env or {}, "worker": {"command": [sys.executable, FAULT_WORKER]}}
 
 
 def children(pid: int) -> dict[int, str]:
@@ -67,7 +61,7 @@ async def test_a_killed_worker_comes_back_with_the_identical_environment() -> No
     """After SIGKILL during a request the replacement worker's /proc environ equals
     the killed one's, byte for byte, and the held request failed at once."""
     async with bridge() as client:
-        await client.initialize(fault_options({"KEEP": "this", "lower": "x y"}))
+        await client.initialize(fault_worker_options({"KEEP": "this", "lower": "x y"}))
         before = await client.ready()
         old_pid = before["worker"]["pid"]
         old_env = environ_of(old_pid)
@@ -88,7 +82,7 @@ async def test_a_worker_that_never_gets_ready_is_killed_and_rolled_back() -> Non
     --ready-timeout; generation, environment and worker stay as they were and the
     hung process is not left behind."""
     async with bridge("--ready-timeout", "1") as client:
-        await client.initialize(fault_options({"STAGE": "good"}))
+        await client.initialize(fault_worker_options({"STAGE": "good"}))
         before = await client.ready()
         pid = before["worker"]["pid"]
         with pytest.raises(ResponseError) as caught:
@@ -110,7 +104,7 @@ async def test_a_flooding_worker_is_survived_in_bounded_memory() -> None:
     stderr before serving still becomes ready and serves, and the bridge's peak RSS
     grows by far less than the flood."""
     async with bridge() as client:
-        await client.initialize(fault_options())
+        await client.initialize(fault_worker_options())
         await client.ready()
         baseline = peak_rss_kib(client.pid)
         report = await client.request(
@@ -127,7 +121,7 @@ async def test_a_worker_that_exits_at_start_is_not_respawned_in_a_spin() -> None
     """A worker that always exits at start is started exactly max_failures (5)
     times with backoff, then the bridge is failed and starts no more."""
     async with bridge() as client:
-        await client.initialize(fault_options({"FAULT_MODE": "exit"}))
+        await client.initialize(fault_worker_options({"FAULT_MODE": "exit"}))
         await client.status_where(lambda r: r["worker"]["state"] == "failed", 60)
         started = re.findall(rb"worker \d+ started", bytes(client.stderr))
         assert len(started) == 5
@@ -183,7 +177,7 @@ async def test_killing_the_bridge_leaves_no_worker_even_mid_change() -> None:
     is starting leaves no worker process within 3 seconds."""
     client: BridgeClient = await start_bridge("--ready-timeout", "30")
     try:
-        await client.initialize(fault_options())
+        await client.initialize(fault_worker_options())
         first = (await client.ready())["worker"]["pid"]
         held = client.expect_response("held")
         client.send(

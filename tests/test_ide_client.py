@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.environ import clean_environ
+from tests.support.environ import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 IDE_CONTRACT = ROOT / "ide-contract"
@@ -17,15 +17,7 @@ SERVE = [sys.executable, "-m", "kai_rpc", "serve"]
 
 
 def _client(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["node", str(CLIENT), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=clean_environ(),
-        timeout=120,
-        check=False,
-    )
+    return run_command(["node", str(CLIENT), *args])
 
 
 def test_client_typechecks_against_the_generated_declarations() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,9 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kai_rpc import policy
-from tests.support.client import ResponseError, bridge, environ_of
-
-FAULT_WORKER = str(Path(__file__).parent / "support" / "fault_worker.py")
+from tests.support.client import FAULT_WORKER, ResponseError, bridge, environ_of
 
 CANARIES = {
     "OAUTH_CLIENT_SECRET": "canary-secret-1111",
@@ -67,7 +64,7 @@ async def test_canary_secrets_appear_nowhere(tmp_path: Path) -> None:
                 "modelProvider": {
                     "args": {"api_key": MODEL_KEY, "base_url": "http://127.0.0.1:9/v1"}
                 },
-                "worker": {"command": [sys.executable, FAULT_WORKER]},
+                "worker": {"command": FAULT_WORKER},
             }
         )
         await client.ready()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,16 +14,11 @@ from tests.support.client import (
     ResponseError,
     bridge,
     environ_of,
+    fault_worker_options,
     pid_alive,
     start_bridge,
 )
 from tests.support.environ import clean_environ
-
-FAULT_WORKER = str(Path(__file__).parent / "support" / "fault_worker.py")
-
-
-def fault_worker_options(env: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"env": env or {}, "worker": {"command": [sys.executable, FAULT_WORKER]}}
 
 
 def entry(report: dict[str, Any], name: str) -> dict[str, Any]:

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.environ import run_command
 from tests.support.replay import (
     CLIENT,
     RECORDED_SCENARIOS,
-    ROOT,
     SERVE,
     SESSIONS,
     assert_replays,
@@ -81,14 +80,8 @@ def test_replay_command_exits_non_zero_with_the_diff(tmp_path: Path) -> None:
     shutil.copy(SESSIONS / "startup.jsonl", copy)
     _edit_line(copy, _line_of(copy, '"serverInfo"'), '"name": "kai-rpc"', '"name": "x"')
 
-    done = subprocess.run(
-        [sys.executable, "-m", "kai_rpc", "replay", str(copy)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=session_environ(),
-        timeout=120,
-        check=False,
+    done = run_command(
+        [sys.executable, "-m", "kai_rpc", "replay", str(copy)], session_environ()
     )
 
     assert done.returncode == 1, done.stdout
@@ -101,15 +94,7 @@ def test_serve_record_writes_a_replayable_session(tmp_path: Path) -> None:
     client's conversation that then replays green."""
     out = tmp_path / "served.jsonl"
     command = ["node", str(CLIENT), "--", *SERVE, "--record", str(out)]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=session_environ(),
-        timeout=120,
-        check=False,
-    )
+    done = run_command(command, session_environ())
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert_replays(out)

@@ -7,20 +7,29 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from kai_rpc.client import BridgeClient, ResponseError, start
 from tests.support.environ import clean_environ
 
 __all__ = [
+    "FAULT_WORKER",
     "BridgeClient",
     "ResponseError",
     "bridge",
     "environ_of",
+    "fault_worker_options",
     "pid_alive",
     "start_bridge",
 ]
 
 SERVE = [sys.executable, "-m", "kai_rpc", "--log-level", "DEBUG", "serve"]
+FAULT_WORKER = [sys.executable, str(Path(__file__).with_name("fault_worker.py"))]
+
+
+def fault_worker_options(env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """initializationOptions that run the fault worker with ``env``."""
+    return {"env": env or {}, "worker": {"command": FAULT_WORKER}}
 
 
 async def start_bridge(

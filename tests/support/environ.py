@@ -4,7 +4,11 @@ proxy and CA variables, so the developer's own network set-up never leaks in."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 _CLEARED_NAMES = {
     "http_proxy",
@@ -37,3 +41,21 @@ def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not is_cleared(k)}
     env.update(extra or {})
     return env
+
+
+def run_command(
+    command: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command from the repository root to its end, from the clean
+    environment unless ``env`` is given; its output is captured as text."""
+    return subprocess.run(
+        list(command),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(env) if env is not None else clean_environ(),
+        timeout=timeout,
+        check=False,
+    )
