@@ -253,7 +253,9 @@ class CaSource(WireModel):
     )
     certificate_count: int = Field(0, description="Certificates parsed.")
     certificates: list[CertificateInfo] = Field(
-        default_factory=list, description="The certificates parsed, in file order."
+        default_factory=list,
+        description="The first ten certificates in file order, then every other "
+        "expired or not-yet-valid one; certificateCount has the total.",
     )
     honoured_by: list[str] = Field(
         default_factory=list, description="Libraries that read this variable."

@@ -287,7 +287,7 @@ export interface CaSource {
    */
   certificateCount: number;
   /**
-   * The certificates parsed, in file order.
+   * The first ten certificates in file order, then every other expired or not-yet-valid one; certificateCount has the total.
    */
   certificates: CertificateInfo[];
   /**
