@@ -64,52 +64,29 @@ def _setup(
     tokens.stop()
 
 
+# Sidecar set-ups, as (token lifetime in seconds, client secret the addon sends).
+LONG_LIVED = (3600, CLIENT_SECRET)
+SHORT_LIVED = (1, CLIENT_SECRET)
+WRONG_SECRET = (3600, "wrong-pw")
+
+
 @pytest.fixture(scope="module")
-def long_lived(
+def oauth(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     test_ca: trustme.CA,
     test_ca_file: Path,
     _fake_llm_server: FakeLlm,
 ) -> Iterator[OAuthSetup]:
+    """A token endpoint and a mitmdump running the addon, per request.param."""
+    expires_in, secret = request.param
     yield from _setup(
         tmp_path_factory,
         test_ca,
         ca_file=test_ca_file,
         llm=_fake_llm_server,
-        expires_in=3600,
-    )
-
-
-@pytest.fixture(scope="module")
-def short_lived(
-    tmp_path_factory: pytest.TempPathFactory,
-    test_ca: trustme.CA,
-    test_ca_file: Path,
-    _fake_llm_server: FakeLlm,
-) -> Iterator[OAuthSetup]:
-    yield from _setup(
-        tmp_path_factory,
-        test_ca,
-        ca_file=test_ca_file,
-        llm=_fake_llm_server,
-        expires_in=1,
-    )
-
-
-@pytest.fixture(scope="module")
-def wrong_secret(
-    tmp_path_factory: pytest.TempPathFactory,
-    test_ca: trustme.CA,
-    test_ca_file: Path,
-    _fake_llm_server: FakeLlm,
-) -> Iterator[OAuthSetup]:
-    yield from _setup(
-        tmp_path_factory,
-        test_ca,
-        ca_file=test_ca_file,
-        llm=_fake_llm_server,
-        expires_in=3600,
-        secret="wrong-pw",
+        expires_in=expires_in,
+        secret=secret,
     )
 
 
@@ -122,51 +99,55 @@ async def _chats(setup: OAuthSetup, url: str, count: int) -> None:
         await client.aclose()
 
 
-async def test_one_token_until_expiry(
-    long_lived: OAuthSetup, fake_llm: FakeLlm
-) -> None:
+@pytest.mark.parametrize("oauth", [LONG_LIVED], indirect=True)
+async def test_one_token_until_expiry(oauth: OAuthSetup, fake_llm: FakeLlm) -> None:
     """Three chats through the sidecar fetch one token, and the LLM sees it as
     the Authorization header instead of the client's key."""
-    long_lived.tokens.clear()
+    oauth.tokens.clear()
 
-    await _chats(long_lived, fake_llm.url, 3)
+    await _chats(oauth, fake_llm.url, 3)
 
-    assert len(long_lived.tokens.token_requests()) == 1
+    assert len(oauth.tokens.token_requests()) == 1
     headers = [r.headers["authorization"] for r in fake_llm.chat_requests()]
     assert headers == ["Bearer token-1"] * 3
 
 
-async def test_expired_token_is_renewed(
-    short_lived: OAuthSetup, fake_llm: FakeLlm
-) -> None:
+@pytest.mark.parametrize("oauth", [SHORT_LIVED], indirect=True)
+async def test_expired_token_is_renewed(oauth: OAuthSetup, fake_llm: FakeLlm) -> None:
     """A token that lives less than the refresh margin is renewed for each call."""
-    short_lived.tokens.clear()
+    oauth.tokens.clear()
 
-    await _chats(short_lived, fake_llm.url, 2)
+    await _chats(oauth, fake_llm.url, 2)
 
-    assert len(short_lived.tokens.token_requests()) == 2
+    assert len(oauth.tokens.token_requests()) == 2
     headers = [r.headers["authorization"] for r in fake_llm.chat_requests()]
     assert headers == ["Bearer token-1", "Bearer token-2"]
 
 
+@pytest.mark.parametrize("oauth", [WRONG_SECRET], indirect=True)
 async def test_rejected_credentials_fail_without_leaking(
-    wrong_secret: OAuthSetup, fake_llm: FakeLlm
+    oauth: OAuthSetup, fake_llm: FakeLlm
 ) -> None:
     """A refused client secret gives a chat error naming the OAuth variables; the
     LLM is never called and no secret reaches the error or mitmdump's log."""
     with pytest.raises(ChatFailed) as failed:
-        await _chats(wrong_secret, fake_llm.url, 1)
+        await _chats(oauth, fake_llm.url, 1)
 
     assert failed.value.data == {"kind": "http_error"}
     assert "OAUTH_CLIENT_SECRET" in failed.value.message
     assert fake_llm.chat_requests() == []
-    log = wrong_secret.sidecar.output.read_text()
+    log = oauth.sidecar.output.read_text()
     assert "invalid_client" in log and "wrong-pw" not in log
 
 
-def test_secret_and_token_never_logged(long_lived: OAuthSetup) -> None:
-    """mitmdump's output names the client id but never the secret or the token."""
-    log = long_lived.sidecar.output.read_text()
+@pytest.mark.parametrize("oauth", [LONG_LIVED], indirect=True)
+async def test_secret_and_token_never_logged(
+    oauth: OAuthSetup, fake_llm: FakeLlm
+) -> None:
+    """After a chat through the sidecar, mitmdump's output names the client id but
+    never the secret or the token."""
+    await _chats(oauth, fake_llm.url, 1)
 
+    log = oauth.sidecar.output.read_text()
     assert CLIENT_ID in log
     assert CLIENT_SECRET not in log and "token-1" not in log
