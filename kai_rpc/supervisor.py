@@ -35,6 +35,7 @@ from kai_rpc.framing import (
     WORKER_MAX_MESSAGE_BYTES,
     FrameReader,
     encode_message,
+    parse_body,
 )
 
 logger = logging.getLogger(__name__)
@@ -231,8 +232,6 @@ class WorkerProcess:
             self._receive(body)
 
     def _receive(self, body: bytes) -> None:
-        from kai_rpc.framing import parse_body
-
         try:
             message = parse_body(body)
         except KaiRpcError as exc:
