@@ -6,9 +6,13 @@ Exceptions that become JSON-RPC errors carry their ``code``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from kai_rpc.contract import ErrorCode
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class KaiRpcError(Exception):
@@ -65,6 +69,19 @@ class InvalidParams(KaiRpcError):
     """Params of the wrong shape; the message names the field."""
 
     code = ErrorCode.INVALID_PARAMS
+
+
+def validate_params(model: type[M], params: Any) -> M:
+    """``params`` (absent counts as ``{}``) as ``model``, or InvalidParams naming
+    each bad field by its JSON path, with the offending values left out."""
+    try:
+        return model.model_validate(params if params is not None else {})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            path = ".".join(str(part) for part in error["loc"]) or "params"
+            problems.append(f"{path}: {error['msg']}")
+        raise InvalidParams("invalid params: " + "; ".join(problems)) from None
 
 
 class ServerNotInitialized(KaiRpcError):

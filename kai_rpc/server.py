@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lsprotocol import types
-from pydantic import ValidationError
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -35,6 +34,7 @@ from kai_rpc.exceptions import (
     ParseError,
     ServerNotInitialized,
     WorkerUnavailable,
+    validate_params,
 )
 from kai_rpc.framing import FrameReader, MessageWriter, connect_stdio, parse_body
 from kai_rpc.supervisor import (
@@ -44,7 +44,6 @@ from kai_rpc.supervisor import (
     Timings,
     WorkerProcess,
 )
-from kai_rpc.worker import describe_validation_error
 
 logger = logging.getLogger(__name__)
 
@@ -268,14 +267,16 @@ class Bridge:
             self._shutdown = True
             self._reply(message["id"], None)
         elif method == contract.SET_ENVIRONMENT:
-            params = _validate(contract.SetEnvironmentParams, message.get("params"))
+            params = validate_params(
+                contract.SetEnvironmentParams, message.get("params")
+            )
             self._tasks.spawn(self._answer_set_environment(message["id"], params))
         elif method == contract.GET_ENVIRONMENT_STATUS:
             self._reply(message["id"], self.report().wire())
 
     def _handle_bridge_notification(self, message: dict[str, Any]) -> None:
         if message["method"] == contract.DID_CHANGE_CONFIGURATION:
-            params = _validate(
+            params = validate_params(
                 contract.DidChangeConfigurationParams, message.get("params")
             )
             settings = params.settings
@@ -294,7 +295,7 @@ class Bridge:
         params = message.get("params")
         if not isinstance(params, dict):
             raise InvalidParams("initialize params must be an object")
-        options = _validate(
+        options = validate_params(
             contract.InitializationOptions, params.get("initializationOptions") or {}
         )
         structured = self._structure(message)
@@ -456,13 +457,6 @@ class Bridge:
     async def _stop(self) -> None:
         await self._supervisor.stop()
         self._tasks.cancel_all()
-
-
-def _validate(model: type[Any], params: Any) -> Any:
-    try:
-        return model.model_validate(params if params is not None else {})
-    except ValidationError as exc:
-        raise InvalidParams(describe_validation_error(exc)) from None
 
 
 def _cattrs_reason(exc: BaseException) -> str:

@@ -19,13 +19,16 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from pydantic import ValidationError
+from typing import Any
 
 from kai_rpc import contract, redact
 from kai_rpc.contract import ErrorCode
-from kai_rpc.exceptions import InvalidParams, InvalidRequest, KaiRpcError, ParseError
+from kai_rpc.exceptions import (
+    InvalidRequest,
+    KaiRpcError,
+    ParseError,
+    validate_params,
+)
 from kai_rpc.framing import (
     WORKER_MAX_MESSAGE_BYTES,
     FrameReader,
@@ -37,7 +40,6 @@ from kai_rpc.framing import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[Any]]
-M = TypeVar("M", bound=contract.WireModel)
 
 
 class Worker:
@@ -126,7 +128,7 @@ class Worker:
         """Take the bridge's configuration; answer with this process's inspection."""
         from kai_rpc import inspection, llm
 
-        config = _validate(contract.WorkerConfig, params)
+        config = validate_params(contract.WorkerConfig, params)
         endpoints = config.endpoints or inspection.default_endpoints(
             os.environ, config.model_provider
         )
@@ -154,12 +156,12 @@ class Worker:
         return params
 
     async def chat(self, params: Any) -> Any:
-        chat_params = _validate(contract.ChatParams, params)
+        chat_params = validate_params(contract.ChatParams, params)
         result: contract.ChatResult = await self._configured().chat(chat_params)
         return result.wire()
 
     async def probe(self, params: Any) -> Any:
-        probe_params = _validate(contract.ProbeParams, params or {})
+        probe_params = validate_params(contract.ProbeParams, params)
         result: contract.ProbeResult = await self._configured().probe(probe_params)
         return result.wire()
 
@@ -170,22 +172,6 @@ class Worker:
         if self._llm is None:
             raise KaiRpcError("the worker has not been configured yet")
         return self._llm
-
-
-def _validate(model: type[M], params: Any) -> M:
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        raise InvalidParams(describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the field by its JSON path, values left out."""
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in error["loc"]) or "params"
-        problems.append(f"{path}: {error['msg']}")
-    return "invalid params: " + "; ".join(problems)
 
 
 def _error(request_id: Any, exc: KaiRpcError) -> dict[str, Any]:
