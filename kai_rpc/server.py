@@ -119,7 +119,8 @@ class Bridge:
         self._server.protocol.set_writer(writer)
         self._supervisor = Supervisor(self._from_worker, self._worker_changed, timings)
         self._layer: dict[str, Any] = {}
-        self._evaluation = policy.evaluate(self._base, {}, the_policy)
+        # Nothing is reported before initialize, which evaluates the first layer.
+        self._evaluation = policy.Evaluation(env=dict(self._base), variables=[])
         self._generation = 0
         self._options = contract.InitializationOptions()
         self._initialized = False
