@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 STDERR_TAIL_LINES = 40
 STDERR_LINE_BYTES = 2000
 ERROR_TAIL_LINES = 8
+STDERR_RELAY_PER_SECOND = 20
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class WorkerProcess:
         default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES)
     )
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _relay_window: float = 0.0
+    _relay_count: int = 0
+    _relay_dropped: int = 0
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -259,11 +263,34 @@ class WorkerProcess:
                 self._keep_stderr_line(line)
         if partial:
             self._keep_stderr_line(partial)
+        self._report_dropped()
 
     def _keep_stderr_line(self, line: bytes) -> None:
         text = redact.scrub(line[:STDERR_LINE_BYTES].decode("utf-8", "replace"))
         self._stderr.append(text.rstrip())
-        logger.debug("worker %d: %s", self.pid, text.rstrip())
+        self._relay(text.rstrip())
+
+    def _relay(self, text: str) -> None:
+        """Pass a line of the worker's stderr on to the bridge's log, at most
+        STDERR_RELAY_PER_SECOND a second, so a flooding worker cannot flood it."""
+        now = time.monotonic()
+        if now - self._relay_window >= 1.0:
+            self._report_dropped()
+            self._relay_window, self._relay_count = now, 0
+        if self._relay_count < STDERR_RELAY_PER_SECOND:
+            self._relay_count += 1
+            logger.info("worker %d: %s", self.pid, text)
+        else:
+            self._relay_dropped += 1
+
+    def _report_dropped(self) -> None:
+        if self._relay_dropped:
+            logger.info(
+                "worker %d: %d more lines of its stderr not shown",
+                self.pid,
+                self._relay_dropped,
+            )
+            self._relay_dropped = 0
 
     async def _wait(self) -> None:
         assert self.process is not None

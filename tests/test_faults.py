@@ -117,6 +117,20 @@ async def test_a_flooding_worker_is_survived_in_bounded_memory() -> None:
         assert grown < 8 * 1024, f"bridge peak RSS grew by {grown} KiB"
 
 
+async def test_a_flooding_worker_does_not_flood_the_bridge_log() -> None:
+    """The bridge passes a worker's stderr on to its own log at a bounded rate and
+    says how many lines it left out."""
+    async with bridge() as client:
+        await client.initialize(fault_worker_options({"FAULT_MODE": "flood"}))
+        await client.ready(timeout=60)
+        await client.request("echo", {})
+        assert await client.shutdown_and_exit() == 0
+    log = client.stderr.decode("utf-8", "replace")
+    relayed = log.count("garbage without a frame header")
+    assert 0 < relayed < 1000, relayed
+    assert "lines of its stderr not shown" in log
+
+
 async def test_a_worker_that_exits_at_start_is_not_respawned_in_a_spin() -> None:
     """A worker that always exits at start is started exactly max_failures (5)
     times with backoff, then the bridge is failed and starts no more."""
