@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -195,12 +194,12 @@ class TestRedactUrl:
         "text",
         ["@" + "a:" * 50_000, "a:" * 50_000 + "@", "http://" + "u:p@" * 30_000],
     )
-    def test_linear_time(self, text: str) -> None:
-        """Adversarial text of 100 KB is handled in well under a second."""
-        started = time.perf_counter()
-        redact_url(text)
-        find_url_credentials(text)
-        assert time.perf_counter() - started < 1.0
+    @pytest.mark.timeout(60)
+    def test_no_catastrophic_backtracking(self, text: str) -> None:
+        """Adversarial text of 100 KB is redacted: a backtracking pattern took 22 s
+        on 40 KB, so one would take hours here and hit the hang guard."""
+        assert isinstance(redact_url(text), str)
+        assert isinstance(find_url_credentials(text), list)
 
     @given(st.text())
     def test_never_raises(self, text: str) -> None:
