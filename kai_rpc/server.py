@@ -432,6 +432,13 @@ class Bridge:
     def _from_worker(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         """A worker's message for the client: responses, notifications, requests."""
         if "method" in message and "id" in message:
+            # Questions from workers that have since exited can no longer be
+            # answered; forget them so the map cannot grow without bound.
+            self._worker_requests = {
+                key: target
+                for key, target in self._worker_requests.items()
+                if target[0].alive
+            }
             bridge_id = f"kai-rpc:{worker.serial}:{next(self._request_ids)}"
             self._worker_requests[bridge_id] = (worker, message["id"])
             message = {**message, "id": bridge_id}

@@ -187,10 +187,6 @@ class WorkerProcess:
     def holds(self, client_id: Any) -> bool:
         return client_id in self._by_client_id
 
-    @property
-    def held(self) -> int:
-        return len(self._pending)
-
     def cancel(self, client_id: Any) -> None:
         """Pass the client's ``$/cancelRequest`` on under the worker-local id."""
         request_id = self._by_client_id.get(client_id)
