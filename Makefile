@@ -17,7 +17,7 @@ MITM_PYTHON := $(shell for p in python3.13 python3.12 \
 MITM_SPEC := $(if $(MITM_PYTHON),mitmproxy==12.3.1,mitmproxy==11.0.2)
 MITM_PYTHON := $(or $(MITM_PYTHON),$(PYTHON))
 
-.PHONY: install run test lint format contract bench sessions clean
+.PHONY: install bytecode run test lint format contract bench sessions clean
 
 install: $(VENV)/.installed $(MITM_VENV)/.installed $(NODE_DIR)/node_modules/.installed
 
@@ -37,10 +37,16 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	touch $@
 
-run: install
+# pip compiles an installed package to bytecode; an editable install leaves it to
+# the first import, and where PYTHONDONTWRITEBYTECODE is set (these machines set
+# it) every process would compile kai_rpc from source again at start-up.
+bytecode: $(VENV)/.installed
+	$(BIN)/python -m compileall -q kai_rpc bench tests
+
+run: install bytecode
 	$(BIN)/kai-rpc demo
 
-test: install
+test: install bytecode
 	KAI_RPC_MITMDUMP=$(abspath $(MITM_VENV))/bin/mitmdump $(BIN)/pytest -q
 
 lint: $(VENV)/.installed
