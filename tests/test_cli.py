@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 from kai_rpc.cli import parse_args
+from tests.support.environ import run_command
 
 
 def test_passthrough_commands_get_every_word_after_them() -> None:
@@ -27,3 +31,27 @@ def test_serve_options_are_parsed_by_the_command_line() -> None:
     assert args.ready_timeout == 2.5
     assert args.retire_grace == 10.0
     assert args.policy is None and args.record is None
+
+
+_PROBE_SERVE_START = """
+import asyncio, gc, json
+from kai_rpc import cli
+
+def report_instead_of_serving(coroutine):
+    coroutine.close()
+    print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+    return 0
+
+asyncio.run = report_instead_of_serving
+cli.main(["serve"])
+"""
+
+
+def test_serve_pauses_the_collector_only_while_it_imports() -> None:
+    """`kai-rpc serve` serves with the cyclic collector on again and the objects
+    made while importing frozen out of it, so the start-up pause cannot leak."""
+    result = run_command([sys.executable, "-c", _PROBE_SERVE_START])
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["enabled"] is True
+    assert state["frozen"] > 10_000
