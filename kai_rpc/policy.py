@@ -28,7 +28,6 @@ import fnmatch
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +213,8 @@ class Policy(BaseModel):
     """The policy file. All lists hold shell-style globs (``*``, ``?``, ``[...]``)."""
 
     # Strict: "false" in quotes must not pass as a boolean in a security setting.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Built on first validation: without a policy file the bridge never needs it.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     allow: list[str] = []
     deny: list[str] = []
@@ -241,6 +241,12 @@ class Policy(BaseModel):
     def redactor(self) -> Redactor:
         """The redactor for this policy: default secret patterns plus ``secret``."""
         return Redactor(self.secret)
+
+
+def default_policy() -> Policy:
+    """The policy when there is no file: the field defaults, with nothing to
+    validate (so the model is not built either)."""
+    return Policy.model_construct()
 
 
 def policy_path(
@@ -270,19 +276,19 @@ def policy_path(
 def load_policy(
     explicit: str | None, environ: Mapping[str, str]
 ) -> tuple[Policy, Path | None]:
-    """The policy and the file it came from; ``Policy()`` and None when there is none.
+    """The policy and the file it came from; the defaults and None when there is none.
 
     Raises PolicyFileError naming the file, the field and the fix.
     """
     path, required = policy_path(explicit, environ)
     if path is None:
-        return Policy(), None
+        return default_policy(), None
 
     try:
         text = path.read_bytes()
     except FileNotFoundError:
         if not required:
-            return Policy(), None
+            return default_policy(), None
         raise PolicyFileError(
             f"Policy file {path} does not exist; create it, or fix the path given "
             "by --policy or KAI_RPC_POLICY."
@@ -299,6 +305,8 @@ def load_policy(
 
 
 def _parse_policy(path: Path, text: bytes) -> Policy:
+    import tomllib
+
     try:
         data = tomllib.loads(text.decode("utf-8"))
     except UnicodeDecodeError as error:
