@@ -14,6 +14,8 @@ from kai_rpc import redact
 
 logger = logging.getLogger(__name__)
 
+_NEVER = 2**30  # a collection threshold that is never reached
+
 _QUIET_LIBRARIES = ("pygls", "asyncio", "httpx", "httpx2", "httpcore", "openai")
 
 
@@ -37,16 +39,18 @@ def configure_logging(level: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     # Importing pygls, lsprotocol and pydantic makes tens of thousands of objects
-    # that live as long as the process. Collecting while they are being made only
-    # walks them again and again, for a sixth of the time to answer initialize.
-    # Once they exist they are frozen: later collections skip them.
-    gc.disable()
+    # that live as long as the process, and garbage that dies young (attrs replaces
+    # each class it decorates). While they import, only the youngest generation is
+    # collected: the garbage goes, and the survivors are not walked again and again
+    # by older collections. Then they are frozen out of collection for good.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], _NEVER, _NEVER)
     from kai_rpc.exceptions import KaiRpcError
     from kai_rpc.server import ServeOptions, serve
     from kai_rpc.supervisor import Timings
 
     gc.freeze()
-    gc.enable()
+    gc.set_threshold(*thresholds)
 
     timings = Timings(ready_timeout=args.ready_timeout, retire_grace=args.retire_grace)
     options = ServeOptions(policy_file=args.policy, record=args.record, timings=timings)

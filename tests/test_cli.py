@@ -37,9 +37,14 @@ _PROBE_SERVE_START = """
 import asyncio, gc, json
 from kai_rpc import cli
 
+defaults = gc.get_threshold()
+
 def report_instead_of_serving(coroutine):
     coroutine.close()
-    print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+    state = {
+        "before": defaults, "after": gc.get_threshold(), "frozen": gc.get_freeze_count()
+    }
+    print(json.dumps(state))
     return 0
 
 asyncio.run = report_instead_of_serving
@@ -47,11 +52,12 @@ cli.main(["serve"])
 """
 
 
-def test_serve_pauses_the_collector_only_while_it_imports() -> None:
-    """`kai-rpc serve` serves with the cyclic collector on again and the objects
-    made while importing frozen out of it, so the start-up pause cannot leak."""
+def test_serve_restores_the_collector_after_its_imports() -> None:
+    """`kai-rpc serve` serves with the collector's usual thresholds again and the
+    objects made while importing frozen out of it, so the start-up setting of the
+    collector cannot outlive the start."""
     result = run_command([sys.executable, "-c", _PROBE_SERVE_START])
     assert result.returncode == 0, result.stderr
     state = json.loads(result.stdout)
-    assert state["enabled"] is True
+    assert state["after"] == state["before"]
     assert state["frozen"] > 10_000
