@@ -387,20 +387,28 @@ def _shown(name: str, limit: int = 64) -> str:
 
 
 class _Patterns:
-    """A list of globs matched against names, case-insensitively on Windows."""
+    """A list of globs matched against names, case-insensitively on Windows.
+
+    All the globs are alternatives of one regex, each in a group named for its
+    place in the list. The regex tries them in order, so a match tells at once
+    whether any glob matches and, by the group's name, which one comes first.
+    """
 
     def __init__(self, patterns: Iterable[str], case_insensitive: bool) -> None:
+        self._patterns = list(patterns)
+        alternatives = "|".join(
+            f"(?P<p{index}>{fnmatch.translate(pattern)})"
+            for index, pattern in enumerate(self._patterns)
+        )
         flags = re.IGNORECASE if case_insensitive else 0
-        self._each = [(p, re.compile(fnmatch.translate(p), flags)) for p in patterns]
-        alternatives = "|".join(f"(?:{regex.pattern})" for _, regex in self._each)
-        # One regex answers the common case, no match, in a single call.
-        self._any = re.compile(alternatives or "(?!)", flags)
+        self._regex = re.compile(alternatives or "(?!)", flags)
 
     def first(self, name: str) -> str | None:
         """The first pattern that matches ``name``."""
-        if self._any.match(name) is None:
+        match = self._regex.match(name)
+        if match is None or match.lastgroup is None:
             return None
-        return next(pattern for pattern, regex in self._each if regex.match(name))
+        return self._patterns[int(match.lastgroup[1:])]
 
 
 class _Environment:
