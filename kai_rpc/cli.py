@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import kai_rpc
 from kai_rpc import redact
@@ -38,27 +40,52 @@ def configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Importing pygls, lsprotocol and pydantic makes tens of thousands of objects
-    # that live as long as the process, and garbage that dies young (attrs replaces
-    # each class it decorates). While they import, only the youngest generation is
-    # collected: the garbage goes, and the survivors are not walked again and again
-    # by older collections. Then they are frozen out of collection for good.
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], _NEVER, _NEVER)
-    from kai_rpc.exceptions import KaiRpcError
-    from kai_rpc.server import ServeOptions, serve
-    from kai_rpc.supervisor import Timings
-
-    gc.freeze()
-    gc.set_threshold(*thresholds)
+    base_env = _without_pydantic_plugins()
+    with _long_lived_imports():
+        from kai_rpc.exceptions import KaiRpcError
+        from kai_rpc.server import ServeOptions, serve
+        from kai_rpc.supervisor import Timings
 
     timings = Timings(ready_timeout=args.ready_timeout, retire_grace=args.retire_grace)
-    options = ServeOptions(policy_file=args.policy, record=args.record, timings=timings)
+    options = ServeOptions(
+        policy_file=args.policy, record=args.record, timings=timings, base_env=base_env
+    )
     try:
         return asyncio.run(serve(options))
     except KaiRpcError as exc:
         logger.error("%s", exc.message)
         return 2
+
+
+def _without_pydantic_plugins() -> dict[str, str]:
+    """Turn pydantic plugins off in this process; return the environment as it was.
+
+    Plugins are installed packages' code that would see every message the bridge
+    validates, env values and secrets included, and finding them reads the
+    metadata of every installed package. Workers get the environment as it was.
+    """
+    base_env = dict(os.environ)
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    return base_env
+
+
+@contextlib.contextmanager
+def _long_lived_imports() -> Iterator[None]:
+    """Collect only young objects while pygls, lsprotocol and pydantic import.
+
+    They make tens of thousands of objects that live as long as the process, and
+    garbage that dies young (attrs replaces each class it decorates). Collecting
+    the youngest generation frees the garbage; older collections would only walk
+    the survivors again and again. Afterwards the survivors are frozen out of
+    collection for good and the usual thresholds return.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], _NEVER, _NEVER)
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.set_threshold(*thresholds)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -74,6 +74,8 @@ class ServeOptions:
     policy_file: str | None = None
     record: str | None = None
     timings: Timings = field(default_factory=Timings)
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    """The environment the bridge was started with, under every worker's."""
 
 
 class BridgeProtocol(LanguageServerProtocol):
@@ -510,7 +512,7 @@ class ClientLogHandler(logging.Handler):
 
 async def serve(options: ServeOptions) -> int:
     """Run the bridge on stdin/stdout; return the exit code."""
-    the_policy, source = policy.load_policy(options.policy_file, os.environ)
+    the_policy, source = policy.load_policy(options.policy_file, options.base_env)
     if source is not None:
         logger.info("policy loaded from %s", source)
     reader, writer = await connect_stdio()
@@ -519,7 +521,7 @@ async def serve(options: ServeOptions) -> int:
     if recorder is not None:
         writer.tap = lambda body: recorder.record(False, body)
         tap_in = lambda body: recorder.record(True, body)  # noqa: E731
-    bridge = Bridge(writer, the_policy, os.environ, options.timings)
+    bridge = Bridge(writer, the_policy, options.base_env, options.timings)
     client_log = ClientLogHandler(bridge)
     logging.getLogger().addHandler(client_log)
     try:

@@ -34,15 +34,20 @@ def test_serve_options_are_parsed_by_the_command_line() -> None:
 
 
 _PROBE_SERVE_START = """
-import asyncio, gc, json
+import asyncio, gc, json, os
 from kai_rpc import cli
 
 defaults = gc.get_threshold()
 
 def report_instead_of_serving(coroutine):
+    options = coroutine.cr_frame.f_locals["options"]
     coroutine.close()
     state = {
-        "before": defaults, "after": gc.get_threshold(), "frozen": gc.get_freeze_count()
+        "before": defaults,
+        "after": gc.get_threshold(),
+        "frozen": gc.get_freeze_count(),
+        "plugins": os.environ.get("PYDANTIC_DISABLE_PLUGINS"),
+        "worker_base": options.base_env.get("PYDANTIC_DISABLE_PLUGINS"),
     }
     print(json.dumps(state))
     return 0
@@ -61,3 +66,13 @@ def test_serve_restores_the_collector_after_its_imports() -> None:
     state = json.loads(result.stdout)
     assert state["after"] == state["before"]
     assert state["frozen"] > 10_000
+
+
+def test_serve_runs_without_pydantic_plugins_but_workers_inherit_as_is() -> None:
+    """The bridge turns pydantic plugins off for itself (they would see secrets)
+    while the environment its workers start from is the one it was given."""
+    result = run_command([sys.executable, "-c", _PROBE_SERVE_START])
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["plugins"] == "__all__"
+    assert state["worker_base"] is None

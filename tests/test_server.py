@@ -48,13 +48,19 @@ async def test_initialize_answers_before_the_worker_is_ready() -> None:
 
 
 async def test_worker_runs_with_exactly_the_effective_environment() -> None:
-    """The worker's /proc environ holds the IDE's values, names byte for byte, and
-    not the keys the IDE unset."""
+    """The worker's /proc environ holds the IDE's values, names byte for byte, not
+    the keys the IDE unset, and nothing the bridge set for itself."""
     env = {"lower_case": "a", "_UNDERSCORE": "b", "INHERITED": None, "MIXED.Name": "c"}
-    async with bridge(env=clean_environ({"INHERITED": "from the bridge"})) as client:
+    started_with = clean_environ({"INHERITED": "from the bridge"})
+    async with bridge(env=started_with) as client:
         await client.initialize({"env": env})
         report = await client.ready()
         worker_env = environ_of(report["worker"]["pid"])
+        assert set(worker_env) - set(started_with) == {
+            "lower_case",
+            "_UNDERSCORE",
+            "MIXED.Name",
+        }
         assert worker_env["lower_case"] == "a"
         assert worker_env["_UNDERSCORE"] == "b"
         assert worker_env["MIXED.Name"] == "c"
